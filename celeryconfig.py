@@ -1,0 +1,55 @@
+"""Celery configuration, derived from config.Settings (environment variables).
+
+``build(settings)`` is the single source; the module's globals are what it
+returns for the process's settings, so ``config_from_object("celeryconfig")``
+works as Celery expects. The producer calls ``build`` with its own settings.
+Reading the environment is all this module does at import.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from config import Settings, get_settings
+
+PARTITION_ENSURE_EVERY = timedelta(hours=1)
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    if settings.broker_is_redis:
+        transport_options: dict[str, Any] = {
+            "visibility_timeout": settings.redis_visibility_timeout_s
+        }
+    else:
+        # Publisher confirms: a publish returns only once RabbitMQ has the message.
+        transport_options = {"confirm_publish": True}
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # results live in PostgreSQL, not in a result backend
+        # Acknowledge a batch only after its transaction committed; a worker that
+        # dies mid-batch leaves the message to be redelivered (writes are idempotent).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "task_routes": {
+            "ingest.write_batch": {"queue": settings.ingest_queue},
+            "partitions.*": {"queue": MAINTENANCE_QUEUE},
+        },
+        "worker_send_task_events": True,  # Flower's task rates
+        "task_send_sent_event": False,  # an event per publish would double producer traffic
+        "beat_schedule": {
+            "ensure-partitions": {
+                "task": "partitions.ensure_ahead",
+                "schedule": PARTITION_ENSURE_EVERY,
+            },
+        },
+    }
+
+
+globals().update(build(get_settings()))

@@ -1,0 +1,83 @@
+"""Settings factory.
+
+Every tunable lives here, read from environment variables (upper-case field
+names, e.g. ``DATABASE_URL``, ``INGEST_BATCH_SIZE``). Defaults work on a
+developer machine with PostgreSQL and RabbitMQ on localhost. Nothing here opens
+a connection: building Settings is pure.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # --- services -----------------------------------------------------------
+    database_url: str = Field(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics",
+        description="SQLAlchemy URL of the PostgreSQL database.",
+    )
+    celery_broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//",
+        description="amqp://... for RabbitMQ, redis://... for Redis.",
+    )
+    redis_visibility_timeout_s: int = Field(
+        300,
+        description="Redis broker only: seconds before an unacknowledged message "
+        "is redelivered. Writes are idempotent, so a short value costs only "
+        "repeated work; a long one delays recovery after a worker dies.",
+    )
+
+    # --- producer (track) ---------------------------------------------------
+    producer_batch_size: int = Field(
+        1000, ge=1, description="Events per broker message."
+    )
+    producer_flush_interval_ms: int = Field(
+        200, ge=1, description="Longest time an event waits in the buffer."
+    )
+    producer_buffer_max_events: int = Field(
+        200_000,
+        ge=1,
+        description="Bound of the in-process buffer; events beyond it are "
+        "refused (counted in stats().dropped_buffer_full).",
+    )
+    producer_retry_max_s: float = Field(
+        5.0, gt=0, description="Cap of the publish retry backoff."
+    )
+    producer_exit_flush_timeout_s: float = Field(
+        5.0, ge=0, description="How long interpreter exit waits for the buffer to publish."
+    )
+
+    # --- worker -------------------------------------------------------------
+    ingest_queue: str = Field("ingest", description="Queue of the ingest task.")
+    ingest_retry_max_s: int = Field(
+        60, ge=1, description="Cap of the worker's retry backoff on database errors."
+    )
+    worker_prefetch_multiplier: int = Field(
+        2, ge=1, description="Messages each worker process reserves ahead."
+    )
+
+    # --- partitions ---------------------------------------------------------
+    partition_months_ahead: int = Field(
+        3, ge=1, description="Months after the current one kept created ahead."
+    )
+
+    # --- web ----------------------------------------------------------------
+    demo_error_rate: float = Field(
+        0.03, ge=0, le=1, description="Share of stand-in AI calls that fail."
+    )
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.celery_broker_url.startswith(("redis://", "rediss://"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,7 @@
+"""Typed SQLAlchemy models. Importing this package opens no connection."""
+
+from models.base import Base
+from models.dead_letter import DeadLetter
+from models.event import AnalyticsEvent
+
+__all__ = ["AnalyticsEvent", "Base", "DeadLetter"]

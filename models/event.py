@@ -1,0 +1,46 @@
+"""The raw usage-event table, range-partitioned by month on ``timestamp``.
+
+The primary key (event_id, timestamp) is the idempotency key: PostgreSQL needs
+the partition key in every unique key, and the producer fixes both values
+before the first publish, so a redelivered event collides with itself.
+Partitions are named ``analytics_events_YYYY_MM`` (see storage.partitions).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import CheckConstraint, Index, Integer, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, FeatureName, TenantId, UserId, UtcTimestamp
+from schema.event import MAX_ERROR_TYPE_LEN, MAX_MODEL_LEN
+
+
+class AnalyticsEvent(Base):
+    __tablename__ = "analytics_events"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    timestamp: Mapped[UtcTimestamp] = mapped_column(primary_key=True)
+    tenant_id: Mapped[TenantId]
+    feature_name: Mapped[FeatureName]
+    user_id: Mapped[UserId]
+    model: Mapped[str | None] = mapped_column(String(MAX_MODEL_LEN))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    tokens_used: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    error_type: Mapped[str | None] = mapped_column(String(MAX_ERROR_TYPE_LEN))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('success', 'error')", name="status_known"),
+        CheckConstraint(
+            "input_tokens >= 0 AND output_tokens >= 0 AND latency_ms >= 0"
+            " AND tokens_used >= input_tokens + output_tokens",
+            name="counts_valid",
+        ),
+        Index(None, "tenant_id", "feature_name", "timestamp"),
+        Index(None, "timestamp", "status"),
+        {"postgresql_partition_by": "RANGE (timestamp)"},
+    )

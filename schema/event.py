@@ -1,0 +1,163 @@
+"""One usage event: its fields, their limits, and the wire format.
+
+The producer validates at the edge so that the caller gets a clear error naming
+the field; the worker validates again because anything can be put on a queue.
+Both use the checks below, so the two sides cannot drift apart.
+
+Wire format of one broker message (the ingest task's single argument)::
+
+    {"v": 1, "fields": [...WIRE_FIELDS...], "rows": [[...], [...]]}
+
+Rows are positional lists (half the bytes of dicts); ``fields`` makes each
+message self-describing. ``timestamp_us`` is microseconds since the Unix epoch,
+UTC, which is exact and cheap to encode.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+WIRE_VERSION: Final = 1
+WIRE_FIELDS: Final = (
+    "event_id",
+    "tenant_id",
+    "feature_name",
+    "user_id",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "tokens_used",
+    "latency_ms",
+    "status",
+    "error_type",
+    "timestamp_us",
+)
+
+MAX_TENANT_ID_LEN: Final = 64
+MAX_FEATURE_NAME_LEN: Final = 64
+MAX_USER_ID_LEN: Final = 128
+MAX_MODEL_LEN: Final = 64
+MAX_ERROR_TYPE_LEN: Final = 128
+MAX_INT32: Final = 2**31 - 1
+STATUSES: Final = frozenset({"success", "error"})
+
+UTC: Final = timezone.utc
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvalidEvent(ValueError):
+    """An event breaks the contract; the message names the field."""
+
+
+def check_str(field: str, value: object, max_len: int, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not str:
+        raise TypeError(f"{field} must be a string, got {type(value).__name__}")
+    if not value and not optional:
+        raise InvalidEvent(f"{field} must not be empty")
+    if len(value) > max_len:
+        raise InvalidEvent(f"{field} is {len(value)} characters long, the limit is {max_len}")
+    if "\x00" in value:
+        raise InvalidEvent(f"{field} contains a NUL character")
+    return value
+
+
+def check_count(field: str, value: object) -> int:
+    if type(value) is not int:  # bool is an int subclass: refuse it too
+        raise TypeError(f"{field} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise InvalidEvent(f"{field} must not be negative, got {value}")
+    if value > MAX_INT32:
+        raise InvalidEvent(f"{field} is {value}, the limit is {MAX_INT32}")
+    return value
+
+
+def check_latency(value: object) -> int:
+    """Latency in whole milliseconds; floats (e.g. from perf_counter) are rounded."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise InvalidEvent(f"latency_ms must be a finite number, got {value}")
+        value = round(value)
+    elif type(value) is not int:
+        raise TypeError(f"latency_ms must be a number, got {type(value).__name__}")
+    return check_count("latency_ms", value)
+
+
+def check_status(value: object) -> str:
+    if value not in STATUSES:
+        raise InvalidEvent(f"status must be one of {sorted(STATUSES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_tokens_used(value: object, input_tokens: int, output_tokens: int) -> int:
+    total = input_tokens + output_tokens
+    if value is None:
+        return total
+    value = check_count("tokens_used", value)
+    if value < total:
+        raise InvalidEvent(
+            f"tokens_used ({value}) is less than input_tokens + output_tokens ({total})"
+        )
+    return value
+
+
+def timestamp_to_us(value: object) -> int:
+    if not isinstance(value, datetime):
+        raise TypeError(f"timestamp must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidEvent("timestamp must be timezone-aware (naive datetimes are ambiguous)")
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def us_to_timestamp(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def parse_wire_row(fields: tuple[str, ...] | list[str], row: object) -> dict[str, Any]:
+    """Check one wire row and return the column mapping for the events table.
+
+    Every contract breach, type errors included, comes out as InvalidEvent so
+    that the worker can dead-letter the row with its reason.
+    """
+    try:
+        return _parse_wire_row(fields, row)
+    except TypeError as exc:
+        raise InvalidEvent(str(exc)) from None
+
+
+def _parse_wire_row(fields: tuple[str, ...] | list[str], row: object) -> dict[str, Any]:
+    if not isinstance(row, list) or len(row) != len(fields):
+        raise InvalidEvent(f"row must be a list of {len(fields)} values")
+    raw = dict(zip(fields, row))
+    try:
+        event_id = uuid.UUID(hex=raw["event_id"])
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidEvent(f"event_id must be a UUID string, got {raw['event_id']!r}") from None
+    input_tokens = check_count("input_tokens", raw["input_tokens"])
+    output_tokens = check_count("output_tokens", raw["output_tokens"])
+    ts_us = raw["timestamp_us"]
+    if type(ts_us) is not int:
+        raise TypeError(f"timestamp_us must be an integer, got {type(ts_us).__name__}")
+    try:
+        timestamp = us_to_timestamp(ts_us)
+    except OverflowError:
+        raise InvalidEvent(f"timestamp_us {ts_us} is out of range") from None
+    return {
+        "event_id": event_id,
+        "tenant_id": check_str("tenant_id", raw["tenant_id"], MAX_TENANT_ID_LEN),
+        "feature_name": check_str("feature_name", raw["feature_name"], MAX_FEATURE_NAME_LEN),
+        "user_id": check_str("user_id", raw["user_id"], MAX_USER_ID_LEN),
+        "model": check_str("model", raw["model"], MAX_MODEL_LEN, optional=True),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "tokens_used": check_tokens_used(raw["tokens_used"], input_tokens, output_tokens),
+        "latency_ms": check_latency(raw["latency_ms"]),
+        "status": check_status(raw["status"]),
+        "error_type": check_str("error_type", raw["error_type"], MAX_ERROR_TYPE_LEN, optional=True),
+        "timestamp": timestamp,
+    }

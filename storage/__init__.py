@@ -1,0 +1,1 @@
+"""Database access: engine factory, partitions, the event writer, dead letters."""

@@ -1,0 +1,1 @@
+"""Celery tasks, one module per domain: ingest, partitions."""
