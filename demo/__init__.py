@@ -1,0 +1,1 @@
+"""The main job: the whole pipeline under a demo load, ending with a report."""
