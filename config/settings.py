@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     producer_retry_max_s: float = Field(
         5.0, gt=0, description="Cap of the publish retry backoff."
     )
+    producer_spool_dir: str = Field(
+        "var/producer-spool",
+        description="Directory of the on-disk spool used while the broker is "
+        "unreachable; empty disables it (then only the memory buffer holds events).",
+    )
     producer_exit_flush_timeout_s: float = Field(
         5.0, ge=0, description="How long interpreter exit waits for the buffer to publish."
     )
@@ -62,9 +67,36 @@ class Settings(BaseSettings):
         2, ge=1, description="Messages each worker process reserves ahead."
     )
 
-    # --- partitions ---------------------------------------------------------
+    # --- partitions (storage.partitions) -------------------------------------
     partition_months_ahead: int = Field(
         3, ge=1, description="Months after the current one kept created ahead."
+    )
+    partition_retention_months: int = Field(
+        0,
+        ge=0,
+        description="Full months kept before the current one; older partitions are "
+        "detached by retention and events older than that are dead-lettered. "
+        "0 keeps every month (no retention, no lower bound on timestamps).",
+    )
+    partition_keep_detached: bool = Field(
+        False,
+        description="Retention leaves expired partitions as detached tables "
+        "(to archive them) instead of dropping them.",
+    )
+    partition_lock_timeout_ms: int = Field(
+        2000,
+        gt=0,
+        description="lock_timeout of partition DDL; a statement that cannot lock the "
+        "table in time backs off and retries instead of queueing in front of ingest.",
+    )
+    partition_lock_retries: int = Field(
+        5, ge=0, description="Retries of partition DDL after a lock timeout."
+    )
+    event_max_future_skew_s: int = Field(
+        86_400,
+        ge=0,
+        description="How far ahead of the clock an event's timestamp may be; later "
+        "ones are refused by track() and dead-lettered by the worker.",
     )
 
     # --- web ----------------------------------------------------------------

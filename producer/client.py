@@ -6,12 +6,16 @@ lock. A background thread publishes the buffer as micro-batches of up to
 ``producer_batch_size`` events, at least every ``producer_flush_interval_ms``.
 
 When the broker is slow or down the thread retries with exponential backoff
-while ``track`` keeps buffering. The buffer is bounded: once it holds
-``producer_buffer_max_events``, ``track`` refuses the new event, returns
-False and counts it in ``stats().dropped_buffer_full`` (an event dropped is
-never silent). At interpreter exit the buffer is flushed for up to
-``producer_exit_flush_timeout_s``; what cannot be published by then is logged
-with its count.
+and, once per flush interval, moves the buffer to the on-disk spool
+(producer.spool), replayed in order when the broker is back or by the next
+process that starts. The loss window of a hard crash (SIGKILL, power) is
+therefore one flush interval: the events tracked since the last publish or
+spool write. The memory buffer is bounded: once it holds
+``producer_buffer_max_events`` (only reachable when the spool is disabled or
+cannot be written), ``track`` refuses the new event, returns False and counts
+it in ``stats().dropped_buffer_full``: an event dropped is never silent. At
+interpreter exit the buffer is published, or spooled, for up to
+``producer_exit_flush_timeout_s``.
 
 Forked web workers (gunicorn, uvicorn --workers): the child starts with an
 empty buffer and its own thread and connection; the parent's buffered events
@@ -23,6 +27,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -30,6 +35,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -38,6 +44,7 @@ import celeryconfig
 from config import Settings, get_settings
 from producer.ids import uuid7_hex_batch
 from producer.publisher import BatchPublisher
+from producer.spool import Spool
 from schema.event import (
     MAX_ERROR_TYPE_LEN,
     MAX_FEATURE_NAME_LEN,
@@ -58,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_START_S = 0.05
 IDLE_POLL_S = 0.05  # how often flush() re-checks while it waits
+CLOSE_JOIN_S = 2.0
 EVENT_ID_INDEX = WIRE_FIELDS.index("event_id")
 TIMESTAMP_INDEX = WIRE_FIELDS.index("timestamp_us")
 
@@ -66,6 +74,7 @@ TIMESTAMP_INDEX = WIRE_FIELDS.index("timestamp_us")
 class TrackerStats:
     published: int
     buffered: int
+    spooled: int
     in_flight: int
     dropped_buffer_full: int
     publish_failures: int
@@ -94,6 +103,13 @@ class Tracker:
     def _reset(self) -> None:
         """Fresh state: at construction and in a forked child."""
         self._pid = os.getpid()
+        inherited: Spool | None = getattr(self, "_spool", None)
+        if inherited is not None:
+            inherited.abandon()  # the parent's segments stay the parent's
+        spool_dir = self._settings.producer_spool_dir
+        # One directory per queue: a replayed batch goes where it was meant to go.
+        queue_dir = re.sub(r"[^A-Za-z0-9_.-]", "_", self._settings.ingest_queue)
+        self._spool = Spool(Path(spool_dir) / queue_dir) if spool_dir else None
         self._buffer: deque[list[Any]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -141,7 +157,7 @@ class Tracker:
             time.time_ns() // 1000 if timestamp is None else timestamp_to_us(timestamp),
         ]
         if self._thread is None or self._pid != os.getpid():
-            self._start()
+            self.start()
         buffer = self._buffer
         if len(buffer) >= self._max_events:
             self._dropped += 1
@@ -151,7 +167,11 @@ class Tracker:
             self._wake.set()
         return True
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the publishing thread now (it also starts on the first track()).
+
+        Starting it replays what a previous process left in the spool.
+        """
         with self._start_lock:
             if self._pid != os.getpid():
                 self._reset()
@@ -167,9 +187,9 @@ class Tracker:
         """Publish everything buffered; False if ``timeout`` seconds passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._buffer or self._in_flight:
+            while self._buffer or self._in_flight or (self._spool and self._spool.has_pending()):
                 if self._thread is None:
-                    self._start()
+                    self.start()
                 self._wake.set()
                 remaining = IDLE_POLL_S if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
@@ -183,19 +203,29 @@ class Tracker:
             return
         if timeout is None:
             timeout = self._settings.producer_exit_flush_timeout_s
-        if not self.flush(timeout):
+        published = self.flush(timeout)
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=CLOSE_JOIN_S)
+        if published:
+            return
+        if self._spool is not None and not self._buffer:
+            logger.warning(
+                "analytics producer: broker unreachable at exit; %d events kept in the spool %s,"
+                " published by the next process that starts",
+                self._spool.pending_events(), self._spool.directory,
+            )
+        else:
             logger.error(
                 "analytics producer: %d events could not be published before exit",
                 len(self._buffer) + self._in_flight,
             )
-        self._closing = True
-        self._wake.set()
-        self._thread.join(timeout=1.0)
 
     def stats(self) -> TrackerStats:
         return TrackerStats(
             published=self._published,
             buffered=len(self._buffer),
+            spooled=self._spool.pending_events() if self._spool else 0,
             in_flight=self._in_flight,
             dropped_buffer_full=self._dropped,
             publish_failures=self._publish_failures,
@@ -207,45 +237,92 @@ class Tracker:
         app = Celery("analytics-producer", set_as_current=False)
         app.conf.update(celeryconfig.build(self._settings))
         publisher = BatchPublisher(app, self._settings)
+        spool = self._spool
+        if spool is not None and (claimed := spool.claim_orphans()):
+            logger.warning("analytics producer: replaying %d spool segments left by a previous process", claimed)
+        retry_at = 0.0
+        backoff = BACKOFF_START_S
         try:
-            while not self._closing:
+            while True:
                 self._wake.wait(self._interval_s)
                 self._wake.clear()
-                while self._buffer and not self._closing:
-                    self._publish_next(publisher)
+                try:
+                    drained = time.monotonic() < retry_at or self._drain(publisher)
+                except Exception:  # noqa: BLE001 - the thread must outlive any bug; events stay queued
+                    logger.exception("analytics producer: unexpected error while publishing")
+                    drained = False
+                if not drained and time.monotonic() >= retry_at:
+                    retry_at = time.monotonic() + backoff
+                    backoff = min(backoff * 2, self._settings.producer_retry_max_s)
+                elif drained and time.monotonic() >= retry_at:
+                    backoff = BACKOFF_START_S
+                broker_down = time.monotonic() < retry_at
+                if spool is not None and (broker_down or self._closing):
+                    # At most one flush interval of events is only in memory.
+                    self._spill(spool)
+                if self._closing:
+                    return
         finally:
             publisher.close()
 
-    def _publish_next(self, publisher: BatchPublisher) -> None:
+    def _take_batch(self) -> list[list[Any]]:
         buffer = self._buffer
         size = min(len(buffer), self._batch_size)
         self._in_flight = size  # before popping, so flush() never sees a gap
         rows = [buffer.popleft() for _ in range(size)]
         missing = [row for row in rows if row[EVENT_ID_INDEX] is None]
         for row, event_id in zip(missing, uuid7_hex_batch([r[TIMESTAMP_INDEX] for r in missing])):
-            row[EVENT_ID_INDEX] = event_id
-        message = {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}
-        if self._publish_with_retry(publisher, message, size):
-            self._published += size
-        else:
-            buffer.extendleft(reversed(rows))  # closing: leave them counted as unpublished
+            row[EVENT_ID_INDEX] = event_id  # fixed before the first publish: retries are idempotent
+        return rows
+
+    def _batch_done(self) -> None:
         with self._idle:
             self._in_flight = 0
             self._idle.notify_all()
 
-    def _publish_with_retry(self, publisher: BatchPublisher, message: dict[str, Any], size: int) -> bool:
-        backoff = BACKOFF_START_S
-        while True:
-            try:
-                publisher.publish(message, size)
-                return True
-            except Exception as exc:  # noqa: BLE001 - whatever failed, the batch is kept
-                self._publish_failures += 1
-                logger.warning(
-                    "analytics producer: publish of %d events failed (%s: %s); retry in %.2fs",
-                    size, type(exc).__name__, exc, backoff,
-                )
-            if self._closing:
+    def _drain(self, publisher: BatchPublisher) -> bool:
+        """Publish the spool (older) then the buffer; False at the first failure."""
+        if self._spool is not None:
+            for segment in self._spool.segments_to_replay():
+                for message in segment.messages():
+                    if not self._try_publish(publisher, message, len(message.get("rows", ()))):
+                        return False
+                self._published += segment.events
+                self._spool.replayed(segment)
+                self._batch_done()
+        while self._buffer:
+            rows = self._take_batch()
+            message = {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}
+            published = self._try_publish(publisher, message, len(rows))
+            if published:
+                self._published += len(rows)
+            else:
+                self._buffer.extendleft(reversed(rows))  # ids stay assigned
+            self._batch_done()
+            if not published:
                 return False
-            time.sleep(backoff)
-            backoff = min(backoff * 2, self._settings.producer_retry_max_s)
+        return True
+
+    def _try_publish(self, publisher: BatchPublisher, message: dict[str, Any], size: int) -> bool:
+        try:
+            publisher.publish(message, size)
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the caller keeps the batch
+            self._publish_failures += 1
+            logger.warning(
+                "analytics producer: publish of %d events failed (%s: %s); will retry",
+                size, type(exc).__name__, exc,
+            )
+            return False
+
+    def _spill(self, spool: Spool) -> None:
+        while self._buffer:
+            rows = self._take_batch()
+            try:
+                spool.write({"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}, len(rows))
+            except OSError as exc:
+                self._buffer.extendleft(reversed(rows))
+                logger.error("analytics producer: cannot write the spool in %s: %s", spool.directory, exc)
+                return
+            finally:
+                self._batch_done()

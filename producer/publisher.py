@@ -28,7 +28,7 @@ class BatchPublisher:
     def publish(self, message: dict[str, Any], size: int) -> None:
         if self._producer is None:
             connection = self._app.connection_for_write()
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=0)  # the caller owns the retry loop
             self._connection = connection
             self._producer = self._app.amqp.Producer(connection)
         try:

@@ -32,6 +32,7 @@ class FeatureRequest(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    get_tracker().start()  # replays what a crashed predecessor left in the spool
     yield
     get_tracker().flush(SHUTDOWN_FLUSH_TIMEOUT_S)
 
