@@ -11,9 +11,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from celery.schedules import crontab
+
 from config import Settings, get_settings
 
+# Hourly, so that a month is created long before it starts even if some runs
+# fail; the write path creates a missing month anyway (storage.events).
 PARTITION_ENSURE_EVERY = timedelta(hours=1)
+# Daily at a quiet hour (UTC); retention only ever removes whole old months.
+PARTITION_RETENTION_AT = crontab(hour=3, minute=17)
+PARTITION_RETENTION_EXPIRES_S = 6 * 3600
 MAINTENANCE_QUEUE = "maintenance"
 
 
@@ -41,14 +48,29 @@ def build(settings: Settings) -> dict[str, Any]:
             "ingest.write_batch": {"queue": settings.ingest_queue},
             "partitions.*": {"queue": MAINTENANCE_QUEUE},
         },
+        # Messages the worker cannot run are dead-lettered, not dropped.
+        "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
         "worker_send_task_events": True,  # Flower's task rates
         "task_send_sent_event": False,  # an event per publish would double producer traffic
+        # Beat keeps each entry's last run in its schedule file (Procfile:
+        # --schedule), so a restart neither repeats nor skips a run. ``expires``
+        # drops runs that queued up while no worker consumed "maintenance", so a
+        # backlog does not run the same job many times in a row; the jobs
+        # themselves are safe to run concurrently (see tasks.partitions).
         "beat_schedule": {
             "ensure-partitions": {
                 "task": "partitions.ensure_ahead",
                 "schedule": PARTITION_ENSURE_EVERY,
+                "options": {"expires": PARTITION_ENSURE_EVERY.total_seconds()},
+            },
+            "partition-retention": {
+                "task": "partitions.apply_retention",
+                "schedule": PARTITION_RETENTION_AT,
+                "options": {"expires": PARTITION_RETENTION_EXPIRES_S},
             },
         },
+        "timezone": "UTC",
+        "enable_utc": True,
     }
 
 
