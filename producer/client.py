@@ -57,8 +57,8 @@ from schema.event import (
     check_latency,
     check_status,
     check_str,
+    check_timestamp,
     check_tokens_used,
-    timestamp_to_us,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Tracker:
         self._batch_size = self._settings.producer_batch_size
         self._max_events = self._settings.producer_buffer_max_events
         self._interval_s = self._settings.producer_flush_interval_ms / 1000
+        self._max_future_us = self._settings.event_max_future_skew_s * 1_000_000
         self._reset()
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (t := this()) and t._reset())
@@ -154,7 +155,11 @@ class Tracker:
             check_latency(latency_ms),
             check_status(status),
             check_str("error_type", error_type, MAX_ERROR_TYPE_LEN, optional=True),
-            time.time_ns() // 1000 if timestamp is None else timestamp_to_us(timestamp),
+            (
+                time.time_ns() // 1000
+                if timestamp is None
+                else check_timestamp(timestamp, self._max_future_us)
+            ),
         ]
         if self._thread is None or self._pid != os.getpid():
             self.start()

@@ -16,6 +16,7 @@ UTC, which is exact and cheap to encode.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -112,6 +113,21 @@ def timestamp_to_us(value: object) -> int:
         raise InvalidEvent("timestamp must be timezone-aware (naive datetimes are ambiguous)")
     delta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def check_timestamp(value: object, max_future_us: int) -> int:
+    """``timestamp_to_us``, refusing a time further ahead of this clock than allowed.
+
+    A far-future timestamp is a broken clock; refusing it here gives the caller
+    the error instead of a dead letter (the worker checks again).
+    """
+    us = timestamp_to_us(value)
+    if us - time.time_ns() // 1000 > max_future_us:
+        raise InvalidEvent(
+            f"timestamp {us_to_timestamp(us).isoformat()} is more than"
+            f" {max_future_us / 1e6:g} s ahead of this clock (EVENT_MAX_FUTURE_SKEW_S)"
+        )
+    return us
 
 
 def us_to_timestamp(us: int) -> datetime:

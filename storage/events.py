@@ -5,22 +5,30 @@ dead letters of a batch commit together, and the broker message is acknowledged
 only after that commit (see tasks.ingest). Each attempt is wrapped in a
 SAVEPOINT:
 
+* events outside the accepted window (older than retention, or further in the
+  future than the allowed clock skew; see storage.partitions.AcceptWindow) are
+  refused first, with the reason, before any SQL;
 * the common case is one ``bulk_insert_mappings`` of the whole batch;
 * a unique violation means some events are already stored (a redelivered
   message): those are looked up, dropped, and the rest is inserted again;
-* any other row-level rejection (a check constraint, a month with no partition,
-  a value out of range) splits the batch in halves until the offending rows are
-  isolated and dead-lettered with PostgreSQL's message as the reason.
+* a month with no partition (beat has not run, a late event, a clock jump)
+  is created by ``ensure_partitions`` in a short transaction of its own, under
+  the partition lock, and the rows are inserted again; the hot path pays
+  nothing for this, it only reacts to PostgreSQL's error;
+* any other row-level rejection (a check constraint, a value out of range, a
+  month that still cannot be created) splits the batch in halves until the
+  offending rows are isolated and dead-lettered with PostgreSQL's message as
+  the reason.
 
-Errors that are not about the rows (connection lost, deadlock) propagate so
-that the task retries the whole batch.
+Errors that are not about the rows (connection lost, deadlock, the partition
+lock never granted) propagate so that the task retries the whole batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -29,8 +37,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
+from config import get_settings
 from models import AnalyticsEvent
 from storage.dead_letters import Rejected
+from storage.partitions import (
+    AcceptWindow,
+    Month,
+    PartitionPolicy,
+    ensure_partitions,
+    is_missing_partition,
+)
 
 # A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with.
 Row = tuple[dict[str, Any], Any]
@@ -75,9 +91,30 @@ def _already_stored(session: Session, rows: list[Row]) -> set[Key]:
     return {(event_id, ts) for event_id, ts in found}
 
 
-def store_batch(session: Session, rows: list[Row]) -> WriteResult:
+def _inside(window: AcceptWindow, rows: list[Row], rejected: list[Rejected]) -> list[Row]:
+    """The rows ``window`` accepts; the others go to ``rejected`` with the reason."""
+    kept = []
+    for row in rows:
+        refusal = window.refusal(row[0]["timestamp"])
+        if refusal is None:
+            kept.append(row)
+        else:
+            rejected.append(Rejected(payload=row[1], reason=refusal))
+    return kept
+
+
+def store_batch(
+    session: Session, rows: list[Row], *, policy: PartitionPolicy | None = None
+) -> WriteResult:
+    """Insert ``rows`` in the session's transaction; see the module docstring.
+
+    ``policy`` defaults to the process's settings.
+    """
+    policy = policy or PartitionPolicy.from_settings(get_settings())
     rows, repeats = unique_in_batch(rows)
     result = WriteResult(duplicates=repeats)
+    rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
+    ensured: set[Month] = set()  # months created (or found) by this call
     pending = [rows] if rows else []
     while pending:
         chunk = pending.pop()
@@ -96,6 +133,13 @@ def store_batch(session: Session, rows: list[Row]) -> WriteResult:
                     result.duplicates += len(chunk) - len(fresh)
                     if fresh:
                         pending.append(fresh)
+                    continue
+            elif is_missing_partition(exc):
+                months = {Month.of(mapping["timestamp"]) for mapping, _ in chunk} - ensured
+                if months:
+                    ensure_partitions(session.get_bind().engine, months, policy)
+                    ensured |= months
+                    pending.append(chunk)
                     continue
             failure: IntegrityError | DataError = exc
         except DataError as exc:

@@ -1,12 +1,20 @@
-"""Partition upkeep run by Celery beat: the current month and N ahead exist."""
+"""Partition upkeep run by Celery beat (schedule in celeryconfig).
+
+``ensure_ahead`` keeps the current month and ``PARTITION_MONTHS_AHEAD`` after
+it created; ``apply_retention`` retires months older than
+``PARTITION_RETENTION_MONTHS``. Both are safe to run twice at once: creation
+is serialised by an advisory lock and finds nothing left to do the second
+time, and a retention run that finds another one in progress skips.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from typing import Any
 
 from config import get_settings
-from storage.partitions import ensure_months, months_ahead
+from storage.partitions import PartitionPolicy, ensure_partitions, months_ahead, run_retention
 from tasks.app import app
 from tasks.base import DatabaseTask
 
@@ -15,9 +23,17 @@ logger = logging.getLogger(__name__)
 
 @app.task(bind=True, base=DatabaseTask, name="partitions.ensure_ahead")
 def ensure_ahead(self: DatabaseTask) -> list[str]:
-    wanted = months_ahead(datetime.now(timezone.utc), get_settings().partition_months_ahead)
-    with self.engine.begin() as conn:
-        created = ensure_months(conn, wanted)
-    for month in created:
-        logger.info("created partition %s", month.table_name)
-    return [month.table_name for month in created]
+    """Create the missing ones of the current month and the months ahead."""
+    policy = PartitionPolicy.from_settings(get_settings())
+    wanted = months_ahead(datetime.now(timezone.utc), policy.months_ahead)
+    return [month.table_name for month in ensure_partitions(self.engine, wanted, policy)]
+
+
+@app.task(bind=True, base=DatabaseTask, name="partitions.apply_retention")
+def apply_retention(self: DatabaseTask) -> dict[str, Any]:
+    """Detach and drop (or keep detached) the months older than retention."""
+    policy = PartitionPolicy.from_settings(get_settings())
+    report = run_retention(self.engine, policy, datetime.now(timezone.utc))
+    if report.skipped:
+        logger.info("retention skipped: %s", report.skipped)
+    return {"detached": report.detached, "dropped": report.dropped, "skipped": report.skipped}

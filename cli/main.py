@@ -1,0 +1,26 @@
+"""The top-level ``cli`` group; command groups live in sibling modules."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cli.partitions import partitions
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what each step does.")
+def cli(verbose: bool) -> None:
+    """Operate the analytics pipeline (settings come from environment variables)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+cli.add_command(partitions)
+
+
+def main() -> None:
+    cli(prog_name="python -m cli")
