@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from cli.deadletters import dead_letters
 from cli.partitions import partitions
 
 
@@ -20,6 +21,7 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(partitions)
+cli.add_command(dead_letters)
 
 
 def main() -> None:

@@ -30,6 +30,10 @@ def encode_payload(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, ensure_ascii=True, default=repr)
 
 
+def fingerprint(encoded_payload: str) -> str:
+    return hashlib.sha256(encoded_payload.encode()).hexdigest()
+
+
 def record(session: Session, rejected: list[Rejected]) -> None:
     """Upsert dead letters; a payload seen again bumps attempts and last_seen."""
     if not rejected:
@@ -37,9 +41,9 @@ def record(session: Session, rejected: list[Rejected]) -> None:
     rows: dict[str, dict[str, Any]] = {}
     for item in rejected:
         payload = encode_payload(item.payload)
-        fingerprint = hashlib.sha256(payload.encode()).hexdigest()
-        rows[fingerprint] = {
-            "fingerprint": fingerprint,
+        key = fingerprint(payload)
+        rows[key] = {
+            "fingerprint": key,
             "source": item.source,
             "reason": item.reason,
             "payload": payload,

@@ -1,0 +1,89 @@
+"""``python -m cli dead-letters ...``: list, replay (after a fix) and purge dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+from sqlalchemy import delete, func, select
+
+from config import get_settings
+from models import DeadLetter
+from storage.db import make_engine, make_session_factory
+from storage.replay import replay
+
+REASON_WIDTH = 70
+PAYLOAD_WIDTH = 100
+
+
+def _sessions():  # noqa: ANN202 - a sessionmaker bound to a fresh engine
+    return make_session_factory(make_engine(get_settings()))
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@click.group("dead-letters")
+def dead_letters() -> None:
+    """Events and messages that could not be stored, with the reason."""
+
+
+@dead_letters.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--source", type=click.Choice(["worker", "queue", "producer"]), help="Only this source.")
+@click.option("--payload/--no-payload", default=False, help="Also print each payload.")
+def list_command(limit: int, source: str | None, payload: bool) -> None:
+    """Newest first: id, source, attempts, last seen, reason."""
+    query = select(DeadLetter).order_by(DeadLetter.last_seen.desc(), DeadLetter.id.desc()).limit(limit)
+    count_query = select(func.count()).select_from(DeadLetter)
+    if source:
+        query = query.where(DeadLetter.source == source)
+        count_query = count_query.where(DeadLetter.source == source)
+    with _sessions()() as session:
+        total = session.scalar(count_query) or 0
+        letters = session.scalars(query).all()
+    click.echo(f"{total} dead letters" + (f" from {source}" if source else ""))
+    for letter in letters:
+        click.echo(
+            f"#{letter.id:<7} {letter.source:<8} x{letter.attempts:<4}"
+            f" {letter.last_seen:%Y-%m-%d %H:%M:%S}  {_short(letter.reason, REASON_WIDTH)}"
+        )
+        if payload:
+            click.echo(f"          {_short(letter.payload, PAYLOAD_WIDTH)}")
+
+
+@dead_letters.command("replay")
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def replay_command(ids: tuple[int, ...], replay_all: bool) -> None:
+    """Store what now passes, keep what still fails (its attempts go up). Idempotent."""
+    if not ids and not replay_all:
+        raise click.UsageError("name dead-letter ids, or pass --all")
+    with _sessions().begin() as session:
+        result = replay(session, None if replay_all else list(ids))
+    click.echo(
+        f"replayed {result.replayed} dead letters: {result.stored} events stored,"
+        f" {result.duplicates} already stored, {result.still_failing} still failing"
+    )
+
+
+@dead_letters.command("purge")
+@click.argument("ids", type=int, nargs=-1)
+@click.option("--before", type=click.DateTime(), help="Purge those last seen before this time (UTC).")
+@click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge_command(ids: tuple[int, ...], before: datetime | None, purge_all: bool, yes: bool) -> None:
+    """Delete dead letters for good."""
+    statement = delete(DeadLetter)
+    if ids:
+        statement = statement.where(DeadLetter.id.in_(ids))
+    elif before is not None:
+        statement = statement.where(DeadLetter.last_seen < before.replace(tzinfo=timezone.utc))
+    elif not purge_all:
+        raise click.UsageError("name dead-letter ids, or pass --before or --all")
+    if not yes:
+        click.confirm("Delete these dead letters for good?", abort=True)
+    with _sessions().begin() as session:
+        deleted = session.execute(statement).rowcount
+    click.echo(f"purged {deleted} dead letters")
