@@ -7,6 +7,8 @@ import logging
 import click
 
 from cli.deadletters import dead_letters
+from cli.load import load_command
+from cli.migrate import migrate_command
 from cli.partitions import partitions
 
 
@@ -20,8 +22,10 @@ def cli(verbose: bool) -> None:
     )
 
 
+cli.add_command(migrate_command)
 cli.add_command(partitions)
 cli.add_command(dead_letters)
+cli.add_command(load_command)
 
 
 def main() -> None:

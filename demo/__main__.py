@@ -1,152 +1,217 @@
-"""``python -m demo``: run the pipeline under a demo load and print a report.
+"""``python -m demo`` (behind ``./run``): the pipeline under a demo load, then a report.
 
-Starts the Procfile's ``web`` and ``worker``, sends a few real requests to the
-web app, then tracks ``--events`` events (nine features, ``--tenants``
-tenants) through the same producer client a web process uses, waits until
-every one is stored, reconciles sent against stored, and stops every process
-it started.
+Uses the services named by DATABASE_URL / CELERY_BROKER_URL, or starts
+embedded ones; migrates; starts the Procfile's web, worker, beat and flower;
+sends real requests to the web app; tracks ``--events`` events (nine features,
+``--tenants`` tenants) through the producer client with a progress bar; waits
+until every one is stored; reconciles sent against stored; prints a report;
+and stops everything it started, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
+import signal
+import socket
 import sys
 import time
 import uuid
-from pathlib import Path
+from datetime import datetime, timezone
+from types import FrameType
 
 import httpx
-from sqlalchemy import bindparam, create_engine, func, select, text
+from sqlalchemy import Engine, bindparam, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from tqdm import tqdm
 
 from config import get_settings
+from demo.load import LoadSpec, run_load
 from demo.processes import ROOT, Processes
+from demo.services import start_services
 from models import AnalyticsEvent
 from producer import Tracker
-from web.ai import ERROR_TYPES, FEATURES, MODELS
+from storage.migrate import DatabaseUnreachable, migrate
+from web.ai import FEATURES
 
-DEFAULT_EVENTS = 50_000
+DEFAULT_EVENTS = 200_000
 DEFAULT_TENANTS = 20
-USERS_PER_TENANT = 200
-ERROR_SHARE = 0.03
-BUFFER_HIGH_WATER = 50_000  # the demo is a load generator: it waits rather than drop
 HTTP_SAMPLE_REQUESTS = 20
-STORE_TIMEOUT_S = 300.0
-PROGRESS_EVERY_S = 1.0
+STORE_TIMEOUT_S = 600.0
+POLL_S = 0.5
 ID_CHUNK = 10_000
+PROCESSES = ["web", "worker", "beat", "flower"]
+DATA_DIR = ROOT / "var" / "embedded"
 
 
-def count_stored(conn, ids: list[uuid.UUID]) -> tuple[int, int]:
+class DemoError(Exception):
+    """A problem the newcomer can fix; printed as one line."""
+
+
+def count_stored(engine: Engine, ids: list[uuid.UUID]) -> tuple[int, int]:
     rows = distinct = 0
     query = select(func.count(), func.count(AnalyticsEvent.event_id.distinct())).where(
         AnalyticsEvent.event_id.in_(bindparam("ids", expanding=True))
     )
-    for i in range(0, len(ids), ID_CHUNK):
-        r, d = conn.execute(query, {"ids": ids[i : i + ID_CHUNK]}).one()
-        rows, distinct = rows + r, distinct + d
+    with engine.connect() as conn:
+        for i in range(0, len(ids), ID_CHUNK):
+            r, d = conn.execute(query, {"ids": ids[i : i + ID_CHUNK]}).one()
+            rows, distinct = rows + r, distinct + d
     return rows, distinct
 
 
+def require_free_port(port: int, variable: str) -> None:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise DemoError(f"port {port} is taken (another ./run still up?); free it or set {variable}")
+
+
 def send_http_sample(base_url: str, tenants: list[str]) -> int:
-    ok = 0
+    answered = 0
     with httpx.Client(base_url=base_url, timeout=5.0) as client:
         for i in range(HTTP_SAMPLE_REQUESTS):
             response = client.post(
                 f"/api/ai-feature/{FEATURES[i % len(FEATURES)]}",
                 json={"tenant_id": tenants[i % len(tenants)], "user_id": f"user-{i}", "input": "hello " * 20},
             )
-            ok += response.status_code in (200, 502)  # 502: the stand-in AI failed, still tracked
-    return ok
+            answered += response.status_code in (200, 502)  # 502: the stand-in AI failed, still tracked
+    return answered
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
-    parser.add_argument("--tenants", type=int, default=DEFAULT_TENANTS)
-    args = parser.parse_args()
+def wait_stored(engine: Engine, ids: list[uuid.UUID], since: datetime) -> tuple[int, int]:
+    """Progress from a cheap count of recent rows; the exact reconciliation by id at the end."""
+    deadline = time.monotonic() + STORE_TIMEOUT_S
+    recent = text("SELECT count(*) FROM analytics_events WHERE timestamp >= :since")
+    with tqdm(total=len(ids), desc="stored ", unit="ev", unit_scale=True, mininterval=1) as bar:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                approx = min(conn.execute(recent, {"since": since}).scalar_one(), len(ids))
+            bar.update(approx - bar.n)
+            if approx >= len(ids):
+                rows, distinct = count_stored(engine, ids)
+                if distinct >= len(ids):
+                    bar.update(len(ids) - bar.n)
+                    return rows, distinct
+            time.sleep(POLL_S)
+    return count_stored(engine, ids)
 
-    settings = get_settings()
-    port = int(os.environ.setdefault("WEB_PORT", "8000"))
-    tenants = [f"tenant-{i:02d}" for i in range(1, args.tenants + 1)]
-    processes = Processes(["web", "worker"], ROOT / "var" / "demo-processes.log")
-    engine = create_engine(settings.database_url)
-    print(f"demo: starting web and worker (logs: {processes.log_path.relative_to(ROOT)})")
-    processes.start()
+
+def per_feature(engine: Engine, ids: list[uuid.UUID]) -> list[tuple]:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT feature_name, count(*), sum((status = 'error')::int), sum(tokens_used),"
+                " round(avg(latency_ms)) FROM analytics_events"
+                " WHERE event_id = ANY(:ids) GROUP BY 1 ORDER BY 1"
+            ),
+            {"ids": ids},
+        ).all()
+
+
+def dead_letter_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one()
+
+
+def run(args: argparse.Namespace) -> int:
+    web_port = int(os.environ.setdefault("WEB_PORT", "8000"))
+    flower_port = int(os.environ.setdefault("FLOWER_PORT", "5555"))
+    require_free_port(web_port, "WEB_PORT")
+    require_free_port(flower_port, "FLOWER_PORT")
+
+    services = start_services(DATA_DIR)
+    processes = Processes(PROCESSES, ROOT / "var" / "demo-processes.log")
+    engine = create_engine(services.database_url)
     try:
-        processes.wait_http(f"http://127.0.0.1:{port}/health")
-        answered = send_http_sample(f"http://127.0.0.1:{port}", tenants)
-        print(f"demo: web app answered {answered}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
+        for line in services.descriptions:
+            print(f"demo: {line}")
+        try:
+            migrate(services.database_url)
+        except DatabaseUnreachable as exc:
+            raise DemoError(str(exc)) from None
+        print(f"demo: starting {', '.join(PROCESSES)} (logs: {processes.log_path.relative_to(ROOT)})")
+        processes.start()
+        web = f"http://127.0.0.1:{web_port}"
+        processes.wait_http(f"{web}/health")
+        tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
+        print(f"demo: the web app answered {send_http_sample(web, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
 
-        with engine.connect() as conn:
-            dead_before = conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one()
-        tracker = Tracker(settings)
-        ids = [uuid.uuid4() for _ in range(args.events)]
-        rng = random.Random(42)
+        dead_before = dead_letter_count(engine)
+        since = datetime.now(timezone.utc)
+        tracker = Tracker(get_settings())
+        spec = LoadSpec(events=args.events, tenants=args.tenants, rate=args.rate)
         started = time.monotonic()
-        last_progress = started
-        for i, event_id in enumerate(ids):
-            failed = rng.random() < ERROR_SHARE
-            tenant = tenants[i % len(tenants)]
-            tracker.track(
-                event_id=event_id, tenant_id=tenant, feature_name=rng.choice(FEATURES),
-                user_id=f"{tenant}-user-{rng.randrange(USERS_PER_TENANT)}",
-                model=rng.choice(MODELS), input_tokens=rng.randint(10, 2000),
-                output_tokens=0 if failed else rng.randint(20, 800),
-                latency_ms=rng.lognormvariate(5.5, 0.6),
-                status="error" if failed else "success",
-                error_type=rng.choice(ERROR_TYPES) if failed else None,
-            )
-            while tracker.stats().buffered > BUFFER_HIGH_WATER:
-                time.sleep(0.01)
-            now = time.monotonic()
-            if now - last_progress >= PROGRESS_EVERY_S:
-                print(f"  tracked {i + 1:>9,} / {args.events:,}")
-                last_progress = now
+        with tqdm(total=spec.events, desc="tracked", unit="ev", unit_scale=True, mininterval=1) as bar:
+            ids = run_load(tracker, spec, bar.update)
         sent_s = time.monotonic() - started
         if not tracker.flush(STORE_TIMEOUT_S):
-            print("demo: the producer could not publish everything (is the broker up?)", file=sys.stderr)
-        stored = distinct = 0
-        with engine.connect() as conn:
-            while time.monotonic() - started < STORE_TIMEOUT_S:
-                stored, distinct = count_stored(conn, ids)
-                print(f"  stored  {distinct:>9,} / {args.events:,}")
-                if distinct >= args.events:
-                    break
-                time.sleep(PROGRESS_EVERY_S)
-            stored_s = time.monotonic() - started
-            dead = conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one() - dead_before
-            per_feature = conn.execute(
-                text(
-                    "SELECT feature_name, count(*), sum((status = 'error')::int), sum(tokens_used),"
-                    " round(avg(latency_ms)) FROM analytics_events"
-                    " WHERE event_id = ANY(:ids) GROUP BY 1 ORDER BY 1"
-                ),
-                {"ids": ids},
-            ).all()
+            raise DemoError("the producer could not publish the events: is the broker reachable?")
+        rows, distinct = wait_stored(engine, ids, since)
+        stored_s = time.monotonic() - started
+        report(args.events, sent_s, rows, distinct, stored_s, dead_letter_count(engine) - dead_before,
+               per_feature(engine, ids), web, f"http://127.0.0.1:{flower_port}")  # fmt: skip
         tracker.close()
+        if args.keep_running:
+            print("demo: everything keeps running; Ctrl-C stops it")
+            signal.pause()
+        return 0 if (rows, distinct) == (args.events, args.events) else 1
     finally:
         processes.stop()
         engine.dispose()
+        services.stop()
 
-    lost, duplicated = args.events - distinct, stored - distinct
+
+def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, dead: int,
+           features: list[tuple], web: str, flower: str) -> None:  # fmt: skip
+    lost, duplicated = sent - distinct, rows - distinct
     print()
-    print("=" * 64)
+    print("=" * 66)
     print("Demo report")
-    print("=" * 64)
-    print(f"events sent         {args.events:>12,}   ({args.events / sent_s:,.0f} events/s into track())")
-    print(f"events stored       {distinct:>12,}   ({distinct / stored_s:,.0f} events/s end to end)")
-    print(f"lost                {lost:>12,}")
-    print(f"duplicated          {duplicated:>12,}")
-    print(f"dead-lettered       {dead:>12,}")
+    print("=" * 66)
+    print(f"events sent        {sent:>12,}   ({sent / sent_s:,.0f} events/s into track())")
+    print(f"events stored      {distinct:>12,}   ({distinct / stored_s:,.0f} events/s end to end)")
+    print(f"lost               {lost:>12,}")
+    print(f"duplicated         {duplicated:>12,}")
+    print(f"dead-lettered      {dead:>12,}")
     print()
-    print(f"{'feature':<22}{'calls':>9}{'errors':>8}{'tokens':>13}{'avg ms':>8}")
-    for feature, calls, errors, tokens, avg_ms in per_feature:
-        print(f"{feature:<22}{calls:>9,}{errors:>8,}{tokens:>13,}{int(avg_ms):>8}")
+    print(f"{'feature':<22}{'calls':>9}{'errors':>8}{'tokens':>14}{'avg ms':>8}")
+    for feature, calls, errors, tokens, avg_ms in features:
+        print(f"{feature:<22}{calls:>9,}{errors:>8,}{tokens:>14,}{int(avg_ms):>8}")
     print()
+    print(f"web app            {web}   (API docs: {web}/docs)")
+    print(f"Flower             {flower}")
     verdict = "every event stored exactly once" if lost == 0 and duplicated == 0 else "MISMATCH"
     print(f"result: {verdict}")
-    return 0 if verdict != "MISMATCH" else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="events to track [%(default)s]")
+    parser.add_argument("--tenants", type=int, default=DEFAULT_TENANTS, help="tenants [%(default)s]")
+    parser.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    parser.add_argument("--keep-running", action="store_true", help="leave everything up after the report")
+    args = parser.parse_args()
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted; everything it started is stopped")
+        return 130
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    except OperationalError as exc:
+        url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+        print(f"demo: cannot reach PostgreSQL at {url}: {str(exc.orig).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a process did not come up: Processes names its log
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ if config.config_file_name is not None:
 
 target_metadata = Base.metadata
 
+
+def database_url() -> str:
+    """The URL a caller passed (storage.migrate), else the one from the environment."""
+    return config.attributes.get("database_url") or get_settings().database_url
+
 # Monthly partitions are managed by storage.partitions, not by migrations.
 PARTITION_NAME = re.compile(r"^analytics_events_\d{4}_\d{2}$")
 
@@ -31,7 +36,7 @@ def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001 - a
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=get_settings().database_url,
+        url=database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         include_object=include_object,
@@ -41,7 +46,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(get_settings().database_url, poolclass=pool.NullPool)
+    engine = create_engine(database_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
