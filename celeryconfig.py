@@ -47,6 +47,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "ingest.write_batch": {"queue": settings.ingest_queue},
             "partitions.*": {"queue": MAINTENANCE_QUEUE},
+            "rollups.*": {"queue": settings.rollup_queue},
         },
         # Messages the worker cannot run are dead-lettered, not dropped.
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
@@ -67,6 +68,13 @@ def build(settings: Settings) -> dict[str, Any]:
                 "task": "partitions.apply_retention",
                 "schedule": PARTITION_RETENTION_AT,
                 "options": {"expires": PARTITION_RETENTION_EXPIRES_S},
+            },
+            # Runs may overlap safely (storage.rollups); expiring after one
+            # interval keeps a stopped worker from facing a pile of runs.
+            "rollup-pending": {
+                "task": "rollups.run",
+                "schedule": timedelta(seconds=settings.rollup_interval_s),
+                "options": {"expires": settings.rollup_interval_s},
             },
         },
         "timezone": "UTC",

@@ -10,6 +10,7 @@ from cli.deadletters import dead_letters
 from cli.load import load_command
 from cli.migrate import migrate_command
 from cli.partitions import partitions
+from cli.rollups import rollups
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ def cli(verbose: bool) -> None:
 cli.add_command(migrate_command)
 cli.add_command(partitions)
 cli.add_command(dead_letters)
+cli.add_command(rollups)
 cli.add_command(load_command)
 
 

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
         "ones are refused by track() and dead-lettered by the worker.",
     )
 
+    # --- rollups (storage.rollups) -------------------------------------------
+    rollup_queue: str = Field(
+        "rollups", description="Queue of the rollup tasks, apart from ingest so that neither starves the other."
+    )
+    rollup_interval_s: int = Field(
+        10, ge=1, description="Beat starts an incremental rollup run this often; queries add the tail anyway."
+    )
+    rollup_chunk_batches: int = Field(
+        1000, ge=1, description="Pending batches one rollup transaction takes (about 1,000 events each)."
+    )
+
     # --- web ----------------------------------------------------------------
     demo_error_rate: float = Field(
         0.03, ge=0, le=1, description="Share of stand-in AI calls that fail."

@@ -3,5 +3,14 @@
 from models.base import Base
 from models.dead_letter import DeadLetter
 from models.event import AnalyticsEvent
+from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPendingBatch
 
-__all__ = ["AnalyticsEvent", "Base", "DeadLetter"]
+__all__ = [
+    "AnalyticsEvent",
+    "Base",
+    "DeadLetter",
+    "RollupDaily",
+    "RollupDailyUser",
+    "RollupHourly",
+    "RollupPendingBatch",
+]

@@ -8,6 +8,10 @@ SAVEPOINT:
 * events outside the accepted window (older than retention, or further in the
   future than the allowed clock skew; see storage.partitions.AcceptWindow) are
   refused first, with the reason, before any SQL;
+* the batch is logged in ``rollup_pending_batches`` and its rows stamped with
+  that ``batch_id``, in this same transaction (storage.rollups: the rollups
+  see the batch exactly when its rows commit); a batch that stores nothing
+  removes its log row;
 * the common case is one ``bulk_insert_mappings`` of the whole batch;
 * a unique violation means some events are already stored (a redelivered
   message): those are looked up, dropped, and the rest is inserted again;
@@ -47,6 +51,7 @@ from storage.partitions import (
     ensure_partitions,
     is_missing_partition,
 )
+from storage.rollups import discard_batch, open_batch
 
 # A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with.
 Row = tuple[dict[str, Any], Any]
@@ -115,6 +120,10 @@ def store_batch(
     result = WriteResult(duplicates=repeats)
     rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
     ensured: set[Month] = set()  # months created (or found) by this call
+    # The rollup log (storage.rollups): one row per batch, committed with its rows.
+    batch_id = open_batch(session, [mapping["timestamp"] for mapping, _ in rows]) if rows else None
+    for mapping, _ in rows:
+        mapping["batch_id"] = batch_id
     pending = [rows] if rows else []
     while pending:
         chunk = pending.pop()
@@ -149,4 +158,6 @@ def store_batch(
         else:
             middle = len(chunk) // 2
             pending.extend((chunk[middle:], chunk[:middle]))
+    if batch_id is not None and result.stored == 0:
+        discard_batch(session, batch_id)
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-TASK_MODULES = ["tasks.ingest", "tasks.partitions"]
+TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
 
 
 def create_app() -> Celery:

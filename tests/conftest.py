@@ -63,6 +63,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def clean_tables(engine: Engine) -> None:
-    """Empty the event and dead-letter tables before a test that needs them empty."""
+    """Empty the event, dead-letter and rollup tables before a test that needs them empty."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE analytics_events, dead_letters"))
+        conn.execute(
+            text(
+                "TRUNCATE analytics_events, dead_letters, rollup_pending_batches,"
+                " rollup_hourly, rollup_daily, rollup_daily_users"
+            )
+        )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from config import get_settings
 from producer import get_tracker
 from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
+from web import dashboard
 from web.ai import FEATURES, AICallFailed, call_feature
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 5.0
@@ -38,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="AI feature usage analytics", lifespan=lifespan)
+app.include_router(dashboard.router)
 
 
 @app.get("/health")

@@ -1,0 +1,100 @@
+"""Rollup tables: the pending-batch log and the hourly/daily aggregates built from it.
+
+See storage.rollups for how they are kept exact. Dimension columns mirror
+``analytics_events``; a NULL model is stored as ``''`` (NO_MODEL) so that it
+can be part of the primary key.
+
+The latency histogram is sparse: two parallel arrays, the indexes of the
+non-empty log-spaced buckets in ascending order and their counts (see
+storage.histogram for the bucket scheme and its relative error).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, PrimaryKeyConstraint, SmallInteger, String, func
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, FeatureName, TenantId, UserId, UtcTimestamp
+from schema.event import MAX_MODEL_LEN
+
+NO_MODEL = ""  # stands for a NULL model in the rollups' primary keys
+
+
+class RollupPendingBatch(Base):
+    """One stored batch of events not yet added to the rollups.
+
+    Inserted in the batch's own transaction (storage.events), so it becomes
+    visible exactly when the batch's rows do; deleted by the rollup run that
+    adds those rows, in that run's transaction.
+    """
+
+    __tablename__ = "rollup_pending_batches"
+
+    batch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    min_ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    max_ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class _Figures:
+    """Columns shared by the hourly and the daily rollup."""
+
+    calls: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    tokens_used: Mapped[int] = mapped_column(BigInteger)
+    latency_sum: Mapped[int] = mapped_column(BigInteger)
+    latency_min: Mapped[int] = mapped_column(Integer)
+    latency_max: Mapped[int] = mapped_column(Integer)
+    latency_hist_buckets: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
+    latency_hist_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+
+
+# Key order (tenant, time, ...): every read is one tenant over a time range.
+ROLLUP_KEY = ("tenant_id", "bucket", "feature_name", "model")
+
+
+class RollupHourly(_Figures, Base):
+    __tablename__ = "rollup_hourly"
+
+    tenant_id: Mapped[TenantId]
+    bucket: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC hour.")
+    feature_name: Mapped[FeatureName]
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_LEN))
+
+    __table_args__ = (PrimaryKeyConstraint(*ROLLUP_KEY),)
+
+
+class RollupDaily(_Figures, Base):
+    __tablename__ = "rollup_daily"
+
+    tenant_id: Mapped[TenantId]
+    bucket: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC day.")
+    feature_name: Mapped[FeatureName]
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_LEN))
+
+    __table_args__ = (PrimaryKeyConstraint(*ROLLUP_KEY),)
+
+
+class RollupDailyUser(Base):
+    """One row per user active on a feature on a day: exact DAU is a count.
+
+    It also carries the user's calls, errors and tokens that day, which is what
+    "top users" ranks by, so one table serves both.
+    """
+
+    __tablename__ = "rollup_daily_users"
+
+    tenant_id: Mapped[TenantId]
+    day: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC day.")
+    feature_name: Mapped[FeatureName]
+    user_id: Mapped[UserId]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    tokens_used: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "day", "feature_name", "user_id"),)

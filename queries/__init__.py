@@ -1,0 +1,1 @@
+"""Read models for dashboards, the API and the CLI (served from the rollups)."""

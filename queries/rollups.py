@@ -1,0 +1,325 @@
+"""Dashboard queries served from the rollups, with the not-yet-rolled-up tail added.
+
+Every answer is the sum of three disjoint parts read in ONE snapshot
+(``snapshot()``: a REPEATABLE READ, read-only transaction):
+
+* ``rollup_daily`` for the whole UTC days inside the range (when the answer's
+  resolution allows days),
+* ``rollup_hourly`` for the remaining whole hours,
+* the raw rows of the batches still in ``rollup_pending_batches`` (the tail),
+  found through the BRIN index on ``batch_id``.
+
+A batch is either in the rollups or pending, never both and never neither, in
+any snapshot (storage.rollups), so answers are exact and as fresh as the last
+commit. Ranges are whole hours, the rollups' resolution: ``start`` is floored
+and ``end`` ceiled to the hour (``hour_span``); per-user figures (top users,
+active users) are kept per day, so those ranges are whole UTC days
+(``day_span``). Latency percentiles come from the merged histograms, within
+storage.histogram.RELATIVE_ERROR of PostgreSQL's ``percentile_disc``.
+
+The tenant is always a bound parameter; the SQL text is fixed, only chosen
+among constant fragments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, text
+
+from storage.histogram import LatencyHistogram
+
+Granularity = Literal["hour", "day"]
+GRANULARITIES: tuple[Granularity, ...] = ("hour", "day")
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+DEFAULT_TOP_USERS = 10
+
+
+# --- results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Calls, errors, tokens and latency of one group (a feature, an hour, a day)."""
+
+    calls: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    tokens_used: int
+    latency_avg_ms: float | None
+    latency_min_ms: int | None
+    latency_max_ms: int | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSummary(Figures):
+    feature_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeriesPoint(Figures):
+    bucket: datetime  # start of the UTC hour or day
+
+
+@dataclass(frozen=True)
+class FeatureErrorRate:
+    feature_name: str
+    calls: int
+    errors: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    user_id: str
+    calls: int
+    errors: int
+    tokens_used: int
+
+
+@dataclass(frozen=True)
+class ActiveUsers:
+    day: datetime
+    feature_name: str
+    users: int
+
+
+# --- ranges -------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("query bounds must be timezone-aware")
+    return moment.astimezone(timezone.utc)
+
+
+def _floor(moment: datetime, unit: timedelta) -> datetime:
+    moment = _utc(moment)
+    if unit == DAY:
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil(moment: datetime, unit: timedelta) -> datetime:
+    floored = _floor(moment, unit)
+    return floored if floored == _utc(moment) else floored + unit
+
+
+def hour_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole-hour range a query over [start, end) answers for."""
+    return _floor(start, HOUR), _ceil(end, HOUR)
+
+
+def day_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole-day range a per-user query over [start, end) answers for."""
+    return _floor(start, DAY), _ceil(end, DAY)
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only REPEATABLE READ transaction: rollups and pending log seen at one instant."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        with conn.begin():
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            yield conn
+
+
+# --- sources ------------------------------------------------------------------
+
+FIGURE_COLUMNS = (
+    "calls, errors, input_tokens, output_tokens, tokens_used,"
+    " latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts"
+)
+FEATURE_FILTER = "(CAST(:feature AS text) IS NULL OR feature_name = :feature)"
+DAILY_PART = f"""
+SELECT feature_name, bucket, {FIGURE_COLUMNS} FROM rollup_daily
+WHERE tenant_id = :tenant AND bucket >= :d0 AND bucket < :d1 AND {FEATURE_FILTER}"""
+HOURLY_PART = f"""
+SELECT feature_name, bucket, {FIGURE_COLUMNS} FROM rollup_hourly
+WHERE tenant_id = :tenant AND bucket >= :h0 AND bucket < :d0 AND {FEATURE_FILTER}
+UNION ALL
+SELECT feature_name, bucket, {FIGURE_COLUMNS} FROM rollup_hourly
+WHERE tenant_id = :tenant AND bucket >= :d1 AND bucket < :h1 AND {FEATURE_FILTER}"""
+# The rows of pending batches, shaped like rollup rows of one event each.
+PENDING_ROWS = (
+    "e.tenant_id = :tenant AND e.timestamp >= :h0 AND e.timestamp < :h1"
+    " AND e.batch_id BETWEEN :first_batch AND :last_batch AND e.batch_id = ANY(:batch_ids)"
+    " AND (CAST(:feature AS text) IS NULL OR e.feature_name = :feature)"
+)
+TAIL_PART = f"""
+SELECT e.feature_name, date_trunc('hour', e.timestamp, 'UTC'),
+       1, (e.status = 'error')::int, e.input_tokens, e.output_tokens, e.tokens_used,
+       e.latency_ms, e.latency_ms, e.latency_ms,
+       ARRAY[rollup_latency_bucket(e.latency_ms)], ARRAY[1]
+FROM analytics_events e WHERE {PENDING_ROWS}"""
+
+TOTALS = """
+sum(calls)::bigint AS calls, sum(errors)::bigint AS errors,
+sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
+sum(tokens_used)::bigint AS tokens_used, sum(latency_sum)::bigint AS latency_sum,
+min(latency_min) AS latency_min, max(latency_max) AS latency_max"""
+
+# {key} is "feature_name" or a date_trunc of "bucket": constants below.
+FIGURES_QUERY = """
+WITH cells AS MATERIALIZED ({cells}),
+totals AS (SELECT {key} AS key, {totals} FROM cells GROUP BY 1),
+per_bucket AS (
+    SELECT {key} AS key, h.latency_bucket, sum(h.n)::bigint AS n
+    FROM cells, unnest(latency_hist_buckets, latency_hist_counts) AS h(latency_bucket, n)
+    GROUP BY 1, 2),
+hists AS (
+    SELECT key, array_agg(latency_bucket ORDER BY latency_bucket) AS hist_buckets,
+           array_agg(n ORDER BY latency_bucket) AS hist_counts
+    FROM per_bucket GROUP BY key)
+SELECT totals.*, hists.hist_buckets, hists.hist_counts
+FROM totals JOIN hists USING (key)
+ORDER BY key"""
+COUNTS_QUERY = """
+SELECT feature_name, sum(calls)::bigint AS calls, sum(errors)::bigint AS errors
+FROM ({cells}) AS cells GROUP BY feature_name ORDER BY feature_name"""
+
+# Per-user parts reuse the plan's :h0/:h1 as whole-day bounds.
+USERS_PART = """
+SELECT day, feature_name, user_id, calls, errors, tokens_used FROM rollup_daily_users
+WHERE tenant_id = :tenant AND day >= :h0 AND day < :h1 AND (CAST(:feature AS text) IS NULL OR feature_name = :feature)"""
+USERS_TAIL_PART = f"""
+SELECT date_trunc('day', e.timestamp, 'UTC'), e.feature_name, e.user_id,
+       1, (e.status = 'error')::int, e.tokens_used
+FROM analytics_events e WHERE {PENDING_ROWS}"""
+TOP_USERS_QUERY = """
+SELECT user_id, sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(tokens_used)::bigint AS tokens_used
+FROM ({users}) AS u GROUP BY user_id ORDER BY calls DESC, user_id LIMIT :limit"""
+ACTIVE_USERS_QUERY = """
+SELECT day, feature_name, count(DISTINCT user_id) AS users
+FROM ({users}) AS u GROUP BY day, feature_name ORDER BY day, feature_name"""
+
+PENDING_IN_RANGE = text(
+    "SELECT batch_id FROM rollup_pending_batches WHERE max_ts >= :h0 AND min_ts < :h1 ORDER BY batch_id"
+)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which rollup covers which part of [h0, h1), and the pending batches to add."""
+
+    params: dict[str, Any]
+    parts: tuple[str, ...]
+
+    @classmethod
+    def make(
+        cls, conn: Connection, tenant: str, h0: datetime, h1: datetime,
+        *, days: bool, feature: str | None, base: tuple[str, ...] | None = None,
+        tail: str = TAIL_PART,
+    ) -> _Plan:
+        d0, d1 = _ceil(h0, DAY), _floor(h1, DAY)
+        if not days or d0 >= d1:
+            d0 = d1 = h1  # no daily part: the first hourly part covers everything
+        batch_ids = list(conn.execute(PENDING_IN_RANGE, {"h0": h0, "h1": h1}).scalars())
+        params: dict[str, Any] = {
+            "tenant": tenant, "feature": feature, "h0": h0, "h1": h1, "d0": d0, "d1": d1,
+            "batch_ids": batch_ids,
+            "first_batch": batch_ids[0] if batch_ids else 0,
+            "last_batch": batch_ids[-1] if batch_ids else 0,
+        }
+        parts = base if base is not None else ((DAILY_PART, HOURLY_PART) if d0 < d1 else (HOURLY_PART,))
+        if batch_ids:
+            parts = (*parts, tail)
+        return cls(params, parts)
+
+    @property
+    def union(self) -> str:
+        return "\nUNION ALL\n".join(self.parts)
+
+
+def _figures(row: Any) -> dict[str, Any]:
+    hist = LatencyHistogram.of(row.hist_buckets, row.hist_counts)
+    return {
+        "calls": row.calls,
+        "errors": row.errors,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "tokens_used": row.tokens_used,
+        "latency_avg_ms": row.latency_sum / row.calls if row.calls else None,
+        "latency_min_ms": row.latency_min,
+        "latency_max_ms": row.latency_max,
+        "latency_p50_ms": hist.quantile(0.5, row.latency_min, row.latency_max),
+        "latency_p95_ms": hist.quantile(0.95, row.latency_min, row.latency_max),
+        "latency_p99_ms": hist.quantile(0.99, row.latency_min, row.latency_max),
+    }
+
+
+# --- queries ------------------------------------------------------------------
+
+
+def feature_summary(
+    conn: Connection, tenant: str, start: datetime, end: datetime
+) -> list[FeatureSummary]:
+    """Per feature over ``hour_span(start, end)``: calls, errors, tokens, latency avg/p50/p95/p99."""
+    h0, h1 = hour_span(start, end)
+    plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
+    sql = FIGURES_QUERY.format(cells=plan.union, key="feature_name", totals=TOTALS)
+    return [
+        FeatureSummary(feature_name=row.key, **_figures(row))
+        for row in conn.execute(text(sql), plan.params)
+    ]
+
+
+def time_series(
+    conn: Connection, tenant: str, start: datetime, end: datetime,
+    granularity: Granularity = "hour", feature: str | None = None,
+) -> list[SeriesPoint]:
+    """One point per hour or UTC day that has events (optionally one feature only)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    h0, h1 = hour_span(start, end)
+    plan = _Plan.make(conn, tenant, h0, h1, days=granularity == "day", feature=feature)
+    key = "date_trunc('day', bucket, 'UTC')" if granularity == "day" else "bucket"
+    sql = FIGURES_QUERY.format(cells=plan.union, key=key, totals=TOTALS)
+    return [SeriesPoint(bucket=row.key, **_figures(row)) for row in conn.execute(text(sql), plan.params)]
+
+
+def error_rate_by_feature(
+    conn: Connection, tenant: str, start: datetime, end: datetime
+) -> list[FeatureErrorRate]:
+    """Calls, errors and error rate per feature over ``hour_span(start, end)``."""
+    h0, h1 = hour_span(start, end)
+    plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
+    rows = conn.execute(text(COUNTS_QUERY.format(cells=plan.union)), plan.params)
+    return [FeatureErrorRate(row.feature_name, row.calls, row.errors) for row in rows]
+
+
+def top_users(
+    conn: Connection, tenant: str, start: datetime, end: datetime,
+    limit: int = DEFAULT_TOP_USERS, feature: str | None = None,
+) -> list[UserUsage]:
+    """The ``limit`` users with the most calls over ``day_span(start, end)`` (ties by user id)."""
+    d0, d1 = day_span(start, end)
+    plan = _Plan.make(conn, tenant, d0, d1, days=False, feature=feature, base=(USERS_PART,), tail=USERS_TAIL_PART)
+    rows = conn.execute(text(TOP_USERS_QUERY.format(users=plan.union)), {**plan.params, "limit": limit})
+    return [UserUsage(row.user_id, row.calls, row.errors, row.tokens_used) for row in rows]
+
+
+def active_users(
+    conn: Connection, tenant: str, start: datetime, end: datetime, feature: str | None = None
+) -> list[ActiveUsers]:
+    """Exact daily active users per feature for each UTC day of ``day_span(start, end)``."""
+    d0, d1 = day_span(start, end)
+    plan = _Plan.make(conn, tenant, d0, d1, days=False, feature=feature, base=(USERS_PART,), tail=USERS_TAIL_PART)
+    rows = conn.execute(text(ACTIVE_USERS_QUERY.format(users=plan.union)), plan.params)
+    return [ActiveUsers(row.day, row.feature_name, row.users) for row in rows]

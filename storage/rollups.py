@@ -1,0 +1,359 @@
+"""Incremental rollups that never miss nor double-count an event: the pending-batch log.
+
+Why not a time window. "Roll up everything up to now() - lag" misses the rows of
+a transaction that commits after a later transaction's rows were rolled up
+(``now()`` is the transaction *start*), and a late event (old timestamp) lands in
+a window that was already closed. So progress is tracked by *batch*, not by time
+(TimescaleDB's invalidation log, Citus' ``incremental_rollup_window``, but exact).
+
+The log. Every ingest transaction (storage.events.store_batch) first inserts a
+row into ``rollup_pending_batches`` and stamps every event it stores with that
+``batch_id``. The log row and the events commit together, so:
+
+* a batch becomes visible to a rollup run exactly when its rows do: a slow
+  transaction is simply picked up by the run after it commits, whatever its
+  timestamps (late events included: their old buckets are updated);
+* rows never stored (duplicates, dead letters) carry no batch, so they are
+  never counted; a batch that stored nothing deletes its log row.
+
+A run (``run_chunk``), in ONE transaction:
+
+1. takes the rollup advisory lock in *shared* mode (runs overlap freely; only
+   a rebuild takes it exclusively);
+2. ``SELECT .. FROM rollup_pending_batches ORDER BY batch_id LIMIT n FOR UPDATE
+   SKIP LOCKED``: two overlapping runs take disjoint sets of batches;
+3. aggregates the events of those batches (``batch_id = ANY(ids)`` plus the
+   batches' id and time bounds, which let the BRIN index on ``batch_id`` and
+   partition pruning do the work, so the cost follows the new rows, not the
+   table) into a scratch table at (tenant, feature, model, hour, latency bucket)
+   grain, then upsert-adds hourly and daily deltas (counts and sums add,
+   min/max combine, sparse histograms add bucket by bucket via
+   ``rollup_hist_merge``) and the per-user daily rows (DAU + top users);
+4. deletes the log rows it took and commits.
+
+A run that dies anywhere rolls back: its deltas vanish and its log rows are
+unlocked, still pending, for the next run. Upserts touch keys in primary-key
+order, so concurrent runs queue on a key instead of deadlocking; a deadlock or
+serialization failure anyway is retried (the chunk is simply redone).
+
+Rebuild (``rebuild``), one UTC day per transaction: take the advisory lock
+exclusively (runs wait; queries do not), delete the day's hourly, daily and
+user rows, and recompute them from the raw events of the day whose batch is
+*not* pending. Pending batches' rows are left to the next run, which adds them
+to the rebuilt buckets, so nothing is counted twice. Because runs are locked
+out, the set of non-pending batches cannot change during the rebuild; new
+batches committed meanwhile are pending by construction. Days whose month has
+no attached partition (retention took it) are skipped, never emptied.
+
+Readers (queries.rollups) read the rollups plus the raw rows of the batches
+still pending, in one REPEATABLE READ snapshot, so answers are fresh and exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models import RollupPendingBatch
+from storage.partitions import Month, existing_months
+
+logger = logging.getLogger(__name__)
+
+# Arbitrary constant naming the rollup advisory lock: shared by runs, exclusive for rebuilds.
+ROLLUP_LOCK_KEY = 0x524F_4C4C  # "ROLL"
+DEFAULT_CHUNK_BATCHES = 1000
+RETRY_ATTEMPTS = 5
+RETRY_PAUSE_S = 0.2
+# deadlock_detected, serialization_failure: redoing the chunk is always safe.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+
+# --- the log, written by the ingest path --------------------------------------
+
+
+def open_batch(session: Session, timestamps: list[datetime]) -> int:
+    """Log a batch in the writer's transaction and return the id to stamp its events with."""
+    return session.execute(
+        insert(RollupPendingBatch)
+        .values(min_ts=min(timestamps), max_ts=max(timestamps))
+        .returning(RollupPendingBatch.batch_id)
+    ).scalar_one()
+
+
+def discard_batch(session: Session, batch_id: int) -> None:
+    """Drop the log row of a batch that stored nothing (all duplicates or rejected)."""
+    session.execute(delete(RollupPendingBatch).where(RollupPendingBatch.batch_id == batch_id))
+
+
+# --- SQL ----------------------------------------------------------------------
+
+# Rows of the current chunk at the finest grain both rollups need; emptied at commit.
+SCRATCH_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
+    tenant_id varchar(64) NOT NULL,
+    hour timestamptz NOT NULL,
+    feature_name varchar(64) NOT NULL,
+    model varchar(64) NOT NULL,
+    latency_bucket smallint NOT NULL,
+    calls bigint NOT NULL,
+    errors bigint NOT NULL,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    tokens_used bigint NOT NULL,
+    latency_sum bigint NOT NULL,
+    latency_min integer NOT NULL,
+    latency_max integer NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+# Which raw rows a statement reads: those of the chunk's batches, or (rebuild)
+# those of a time range whose batch is not pending.
+CHUNK_ROWS = (
+    "e.batch_id BETWEEN :first_batch AND :last_batch AND e.batch_id = ANY(:batch_ids)"
+    " AND e.timestamp BETWEEN :min_ts AND :max_ts"
+)
+RANGE_ROWS = (
+    "e.timestamp >= :start AND e.timestamp < :end"
+    " AND NOT EXISTS (SELECT 1 FROM rollup_pending_batches p WHERE p.batch_id = e.batch_id)"
+)
+
+FILL_SCRATCH = """
+INSERT INTO rollup_scratch
+SELECT e.tenant_id, date_trunc('hour', e.timestamp, 'UTC'), e.feature_name, coalesce(e.model, ''),
+       rollup_latency_bucket(e.latency_ms),
+       count(*), count(*) FILTER (WHERE e.status = 'error'),
+       sum(e.input_tokens), sum(e.output_tokens), sum(e.tokens_used),
+       sum(e.latency_ms), min(e.latency_ms), max(e.latency_ms)
+FROM analytics_events e
+WHERE {rows}
+GROUP BY 1, 2, 3, 4, 5
+"""
+
+# {table} and {unit} come from ROLLUP_LEVELS below, never from input.
+UPSERT_LEVEL = """
+INSERT INTO {table} AS r (tenant_id, bucket, feature_name, model, calls, errors,
+    input_tokens, output_tokens, tokens_used, latency_sum, latency_min, latency_max,
+    latency_hist_buckets, latency_hist_counts)
+SELECT tenant_id, bucket, feature_name, model, sum(calls), sum(errors),
+       sum(input_tokens), sum(output_tokens), sum(tokens_used),
+       sum(latency_sum), min(latency_min), max(latency_max),
+       array_agg(latency_bucket ORDER BY latency_bucket), array_agg(calls::integer ORDER BY latency_bucket)
+FROM (SELECT tenant_id, date_trunc('{unit}', hour, 'UTC') AS bucket, feature_name, model, latency_bucket,
+             sum(calls) AS calls, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
+             sum(output_tokens) AS output_tokens, sum(tokens_used) AS tokens_used,
+             sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min,
+             max(latency_max) AS latency_max
+      FROM rollup_scratch GROUP BY 1, 2, 3, 4, 5) AS per_bucket
+GROUP BY tenant_id, bucket, feature_name, model
+ORDER BY tenant_id, bucket, feature_name, model
+ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET
+    calls = r.calls + EXCLUDED.calls,
+    errors = r.errors + EXCLUDED.errors,
+    input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = r.output_tokens + EXCLUDED.output_tokens,
+    tokens_used = r.tokens_used + EXCLUDED.tokens_used,
+    latency_sum = r.latency_sum + EXCLUDED.latency_sum,
+    latency_min = least(r.latency_min, EXCLUDED.latency_min),
+    latency_max = greatest(r.latency_max, EXCLUDED.latency_max),
+    (latency_hist_buckets, latency_hist_counts) = (
+        SELECT m.buckets, m.counts FROM rollup_hist_merge(
+            r.latency_hist_buckets, r.latency_hist_counts,
+            EXCLUDED.latency_hist_buckets, EXCLUDED.latency_hist_counts) AS m)
+"""
+ROLLUP_LEVELS = (("rollup_hourly", "hour"), ("rollup_daily", "day"))
+
+UPSERT_USERS = """
+INSERT INTO rollup_daily_users AS r (tenant_id, day, feature_name, user_id, calls, errors, tokens_used)
+SELECT e.tenant_id, date_trunc('day', e.timestamp, 'UTC'), e.feature_name, e.user_id,
+       count(*), count(*) FILTER (WHERE e.status = 'error'), sum(e.tokens_used)
+FROM analytics_events e
+WHERE {rows}
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4
+ON CONFLICT ON CONSTRAINT pk_rollup_daily_users DO UPDATE SET
+    calls = r.calls + EXCLUDED.calls,
+    errors = r.errors + EXCLUDED.errors,
+    tokens_used = r.tokens_used + EXCLUDED.tokens_used
+"""
+
+TAKE_PENDING = text(
+    "SELECT batch_id, min_ts, max_ts FROM rollup_pending_batches"
+    " ORDER BY batch_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+DROP_PENDING = text("DELETE FROM rollup_pending_batches WHERE batch_id = ANY(:batch_ids)")
+SCRATCH_EVENTS = text("SELECT coalesce(sum(calls), 0) FROM rollup_scratch")
+CLEAR_SCRATCH = text("DELETE FROM rollup_scratch")
+
+
+# --- runs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    batches: int = 0
+    events: int = 0
+    hourly_rows: int = 0
+    daily_rows: int = 0
+    user_rows: int = 0
+
+
+@dataclass
+class RunReport:
+    chunks: int = 0
+    batches: int = 0
+    events: int = 0
+    seconds: float = 0.0
+
+
+def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResult:
+    """Add the raw rows selected by ``rows`` (CHUNK_ROWS or RANGE_ROWS) to the rollups."""
+    conn.execute(text(SCRATCH_TABLE))
+    conn.execute(CLEAR_SCRATCH)
+    conn.execute(text(FILL_SCRATCH.format(rows=rows)), params)
+    events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
+    touched = [
+        conn.execute(text(UPSERT_LEVEL.format(table=table, unit=unit))).rowcount
+        for table, unit in ROLLUP_LEVELS
+    ]
+    users = conn.execute(text(UPSERT_USERS.format(rows=rows)), params).rowcount
+    return ChunkResult(0, events, touched[0], touched[1], users)
+
+
+def run_chunk(conn: Connection, chunk_batches: int = DEFAULT_CHUNK_BATCHES) -> ChunkResult:
+    """Add up to ``chunk_batches`` pending batches to the rollups, in the caller's transaction.
+
+    Nothing is visible to others until the caller commits; a rollback undoes
+    everything and leaves the batches pending.
+    """
+    conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ROLLUP_LOCK_KEY})
+    taken = conn.execute(TAKE_PENDING, {"limit": chunk_batches}).all()
+    if not taken:
+        return ChunkResult()
+    ids = [row.batch_id for row in taken]
+    params = {
+        "batch_ids": ids,
+        "first_batch": ids[0],
+        "last_batch": ids[-1],
+        "min_ts": min(row.min_ts for row in taken),
+        "max_ts": max(row.max_ts for row in taken),
+    }
+    result = _aggregate(conn, CHUNK_ROWS, params)
+    conn.execute(DROP_PENDING, {"batch_ids": ids})
+    return ChunkResult(len(ids), result.events, result.hourly_rows, result.daily_rows, result.user_rows)
+
+
+def _retrying(action: Callable[[], Any]) -> Any:
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return action()
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "pgcode", None)
+            if code not in RETRYABLE_SQLSTATES or attempt == RETRY_ATTEMPTS:
+                raise
+            logger.warning("rollup transaction failed (%s), attempt %d; redoing it", code, attempt)
+            time.sleep(RETRY_PAUSE_S * attempt)
+    raise AssertionError("unreachable")
+
+
+def pending_count(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM rollup_pending_batches")).scalar_one())
+
+
+def run_until_idle(
+    engine: Engine, chunk_batches: int = DEFAULT_CHUNK_BATCHES, max_chunks: int | None = None
+) -> RunReport:
+    """Run chunks, one transaction each, until a chunk finds fewer batches than it could take."""
+    report = RunReport()
+    started = time.monotonic()
+
+    def one_chunk() -> ChunkResult:
+        with engine.begin() as conn:
+            return run_chunk(conn, chunk_batches)
+
+    while max_chunks is None or report.chunks < max_chunks:
+        chunk_started = time.monotonic()
+        result: ChunkResult = _retrying(one_chunk)
+        if result.batches == 0:
+            break
+        report.chunks += 1
+        report.batches += result.batches
+        report.events += result.events
+        logger.info(
+            "rollup chunk %d: %d batches, %d events -> %d hourly, %d daily, %d user rows in %.2fs",
+            report.chunks, result.batches, result.events, result.hourly_rows,
+            result.daily_rows, result.user_rows, time.monotonic() - chunk_started,
+        )
+        if result.batches < chunk_batches:
+            break
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- rebuild ------------------------------------------------------------------
+
+
+@dataclass
+class RebuildReport:
+    days: list[datetime]
+    skipped_days: list[datetime]  # no attached partition: left untouched
+    events: int = 0
+    seconds: float = 0.0
+
+
+def day_floor(moment: datetime) -> datetime:
+    moment = moment.astimezone(timezone.utc)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def days_covering(start: datetime, end: datetime) -> Iterator[datetime]:
+    """UTC days that intersect [start, end): a rebuild always redoes whole days."""
+    day = day_floor(start)
+    while day < end:
+        yield day
+        day += DAY
+
+
+def rebuild_day(conn: Connection, day: datetime) -> ChunkResult:
+    """Recompute one UTC day's rollups from raw, in the caller's transaction."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROLLUP_LOCK_KEY})
+    bounds = {"start": day, "end": day + DAY}
+    for table, column in (("rollup_hourly", "bucket"), ("rollup_daily", "bucket"), ("rollup_daily_users", "day")):
+        conn.execute(text(f"DELETE FROM {table} WHERE {column} >= :start AND {column} < :end"), bounds)
+    return _aggregate(conn, RANGE_ROWS, bounds)
+
+
+def rebuild(engine: Engine, start: datetime, end: datetime) -> RebuildReport:
+    """Drop and recompute the rollups of every UTC day meeting [start, end) from raw events."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("rebuild bounds must be timezone-aware")
+    if end <= start:
+        raise ValueError(f"empty range: {start.isoformat()} .. {end.isoformat()}")
+    started = time.monotonic()
+    with engine.connect() as conn:
+        attached = existing_months(conn)
+    report = RebuildReport(days=[], skipped_days=[])
+    for day in days_covering(start, end):
+        if Month.of(day) not in attached:
+            report.skipped_days.append(day)
+            continue
+
+        def one_day(day: datetime = day) -> ChunkResult:
+            with engine.begin() as conn:
+                return rebuild_day(conn, day)
+
+        result: ChunkResult = _retrying(one_day)
+        report.days.append(day)
+        report.events += result.events
+        logger.info("rebuilt %s: %d events", day.date().isoformat(), result.events)
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,199 @@
+"""Shared pieces of the rollup tests: making and storing events, and the oracle.
+
+The oracle computes every rollup figure straight from ``analytics_events``
+(SQL aggregates, ``percentile_disc``, and the latency histogram built in
+Python from the raw latencies), independently of storage.rollups.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session
+
+from storage import dead_letters
+from storage.events import Row, WriteResult, store_batch
+from storage.histogram import RELATIVE_ERROR, LatencyHistogram
+from storage.partitions import Month, ensure_months
+
+UTC = timezone.utc
+QUANTILES = (0.5, 0.95, 0.99)
+# Float noise on top of the histogram's stated error (bucket edges are computed with ln).
+EPSILON = 1e-9
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def event(
+    timestamp: datetime, *, tenant: str = "t1", feature: str = "f1", model: str | None = "m1",
+    user: str = "u1", latency_ms: int = 100, status: str = "success",
+    input_tokens: int = 10, output_tokens: int = 5, extra_tokens: int = 0,
+    event_id: uuid.UUID | None = None,
+) -> Row:
+    """One (mapping, payload) pair as the worker's decoder yields it."""
+    mapping = {
+        "event_id": event_id or uuid.uuid4(),
+        "timestamp": timestamp,
+        "tenant_id": tenant,
+        "feature_name": feature,
+        "user_id": user,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "tokens_used": input_tokens + output_tokens + extra_tokens,
+        "latency_ms": latency_ms,
+        "status": status,
+        "error_type": "timeout" if status == "error" else None,
+    }
+    return mapping, {**mapping, "event_id": str(mapping["event_id"]), "timestamp": timestamp.isoformat()}
+
+
+def copy_rows(rows: list[Row]) -> list[Row]:
+    """Fresh dicts, as a redelivered message would decode to."""
+    return [(dict(mapping), payload) for mapping, payload in rows]
+
+
+@contextmanager
+def ingest_transaction(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+def ingest(engine: Engine, rows: list[Row]) -> WriteResult:
+    """What the ingest task does with one decoded message."""
+    with ingest_transaction(engine) as session:
+        result = store_batch(session, copy_rows(rows))
+        dead_letters.record(session, result.rejected)
+    return result
+
+
+def ensure_months_for(engine: Engine, start: datetime, end: datetime) -> None:
+    months = []
+    month = Month.of(start)
+    while month.start < end:
+        months.append(month)
+        month = month.shift(1)
+    with engine.begin() as conn:
+        ensure_months(conn, months)
+
+
+# --- the oracle -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    calls: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    tokens_used: int
+    latency_sum: int
+    latency_min: int
+    latency_max: int
+    histogram: LatencyHistogram
+
+
+EXPECTED_CELLS = """
+SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC') AS bucket, feature_name, coalesce(model, '') AS model,
+       count(*), count(*) FILTER (WHERE status = 'error'), sum(input_tokens), sum(output_tokens),
+       sum(tokens_used), sum(latency_ms), min(latency_ms), max(latency_ms), array_agg(latency_ms)
+FROM analytics_events GROUP BY 1, 2, 3, 4
+"""
+STORED_CELLS = """
+SELECT tenant_id, bucket, feature_name, model, calls, errors, input_tokens, output_tokens,
+       tokens_used, latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts
+FROM {table}
+"""
+EXPECTED_USERS = """
+SELECT tenant_id, date_trunc('day', timestamp, 'UTC'), feature_name, user_id,
+       count(*), count(*) FILTER (WHERE status = 'error'), sum(tokens_used)
+FROM analytics_events GROUP BY 1, 2, 3, 4
+"""
+STORED_USERS = "SELECT tenant_id, day, feature_name, user_id, calls, errors, tokens_used FROM rollup_daily_users"
+EXPECTED_PERCENTILES = """
+SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC'), feature_name, coalesce(model, ''),
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
+FROM analytics_events GROUP BY 1, 2, 3, 4
+"""
+
+Key = tuple[str, datetime, str, str]
+
+
+def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
+    cells = {}
+    for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit}):
+        *key, calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, latencies = row
+        cells[tuple(key)] = Cell(
+            calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max,
+            LatencyHistogram.from_latencies(latencies),
+        )
+    return cells  # type: ignore[return-value]
+
+
+def stored_cells(conn: Connection, table: str) -> dict[Key, Cell]:
+    cells = {}
+    for row in conn.execute(text(STORED_CELLS.format(table=table))):
+        *key, calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, buckets, counts = row
+        cells[tuple(key)] = Cell(
+            calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, LatencyHistogram.of(buckets, counts)
+        )
+    return cells  # type: ignore[return-value]
+
+
+def within_error(estimate: float | None, exact: float) -> bool:
+    return estimate is not None and abs(estimate - exact) <= (RELATIVE_ERROR + EPSILON) * exact
+
+
+def assert_rollups_match_raw(conn: Connection) -> None:
+    """Every figure of every hourly, daily and per-user row equals the raw events' figure."""
+    for table, unit in (("rollup_hourly", "hour"), ("rollup_daily", "day")):
+        expected, stored = expected_cells(conn, unit), stored_cells(conn, table)
+        assert stored.keys() == expected.keys(), f"{table}: keys differ"
+        for key, cell in expected.items():
+            assert stored[key] == cell, f"{table} {key}: {stored[key]} != {cell}"
+        percentiles = conn.execute(
+            text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES)}
+        )
+        for *key, exact in percentiles:
+            cell = stored[tuple(key)]  # type: ignore[index]
+            for q, value in zip(QUANTILES, exact):
+                estimate = cell.histogram.quantile(q, cell.latency_min, cell.latency_max)
+                assert within_error(estimate, value), f"{table} {key} p{q}: {estimate} vs {value}"
+    expected_users = {tuple(row[:4]): tuple(row[4:]) for row in conn.execute(text(EXPECTED_USERS))}
+    stored_users = {tuple(row[:4]): tuple(row[4:]) for row in conn.execute(text(STORED_USERS))}
+    assert stored_users == expected_users
+
+
+def pending_batches(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM rollup_pending_batches")).scalar_one())
+
+
+def rollup_rows(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM rollup_hourly) + (SELECT count(*) FROM rollup_daily)"
+                " + (SELECT count(*) FROM rollup_daily_users)"
+            )
+        ).scalar_one()
+    )
+
+
+def dump_rollups(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every rollup row, in key order, for comparing two states."""
+    return {
+        table: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4"))]
+        for table in ("rollup_hourly", "rollup_daily", "rollup_daily_users")
+    }
+
+
+def recent_hour(hours_ago: int = 0, minute: int = 0) -> datetime:
+    return hour_floor(datetime.now(UTC)) - timedelta(hours=hours_ago) + timedelta(minutes=minute)
