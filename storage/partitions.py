@@ -271,11 +271,17 @@ def is_missing_partition(exc: DBAPIError) -> bool:
 # --- locking -------------------------------------------------------------------
 
 
-def _set_lock_timeout(conn: Connection, timeout_ms: int, *, local: bool) -> None:
+def _set_lock_timeout(conn: Connection, value: str, *, local: bool) -> str:
+    """Set ``lock_timeout`` (e.g. ``"2000ms"``); returns the previous value."""
+    previous = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
     conn.execute(
-        text("SELECT set_config('lock_timeout', :value, :local)"),
-        {"value": f"{int(timeout_ms)}ms", "local": local},
+        text("SELECT set_config('lock_timeout', :value, :local)"), {"value": value, "local": local}
     )
+    return str(previous)
+
+
+def _ms(timeout_ms: int) -> str:
+    return f"{int(timeout_ms)}ms"
 
 
 def with_lock_retry(action: Callable[[], T], policy: PartitionPolicy, what: str) -> T:
@@ -315,7 +321,9 @@ def ensure_months(
     the partitions. ``ensure_partitions`` is the variant with its own
     transaction and retries.
     """
-    _set_lock_timeout(conn, lock_timeout_ms, local=True)
+    # Local to the transaction, and restored below so that a caller's later
+    # statements (the next migration, say) keep their own setting.
+    previous = _set_lock_timeout(conn, _ms(lock_timeout_ms), local=True)
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PARTITION_LOCK_KEY})
     tables = {p.month: p for p in list_partitions(conn) if p.month is not None}
     created = []
@@ -343,6 +351,7 @@ def ensure_months(
         bounds = f"FROM ('{month.start.isoformat()}') TO ('{month.end.isoformat()}')"
         conn.execute(text(f"ALTER TABLE {PARENT_TABLE} ATTACH PARTITION {name} FOR VALUES {bounds}"))
         created.append(month)
+    _set_lock_timeout(conn, previous, local=True)
     return created
 
 
@@ -459,7 +468,7 @@ def run_retention(
                 skipped="another retention run holds the lock",
             )
         try:
-            _set_lock_timeout(conn, policy.lock_timeout_ms, local=False)
+            _set_lock_timeout(conn, _ms(policy.lock_timeout_ms), local=False)
             plan = plan_retention(conn, now, policy)
             report = RetentionReport(plan=plan, dry_run=False)
             concurrently = not has_default_partition(conn)
