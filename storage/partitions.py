@@ -24,6 +24,10 @@ its own lets one retention run at a time; it is not the creators' lock, because
 ``DETACH .. CONCURRENTLY`` waits for every transaction using the parent, and a
 writer waiting for the creators' lock inside such a transaction would wait in
 a circle that PostgreSQL cannot see. The two never touch the same months.
+While a concurrent detach waits for older transactions it keeps its SHARE
+UPDATE EXCLUSIVE lock, so a creator's ATTACH waits too: ``lock_timeout`` and
+the retries bound that wait, and a batch whose month still could not be
+created fails as a whole and is retried by the ingest task, never dropped.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, text
@@ -151,7 +155,10 @@ class AcceptWindow:
 
 @dataclass(frozen=True)
 class PartitionPolicy:
-    """The partition settings in one value, so that callers pass one thing."""
+    """The partition settings in one value, so that callers pass one thing.
+
+    The defaults are config.Settings' (a test keeps them equal).
+    """
 
     months_ahead: int = 3
     retention_months: int = 0  # 0: keep every month

@@ -67,7 +67,8 @@ def test_cli_lists_ensures_and_retires(engine: Engine, old_months: list[Month]) 
 
     keep = str(CENTURIES_OF_MONTHS)
     dry = run_cli("partitions", "retention", "--dry-run", "--keep-months", keep)
-    assert "would detach analytics_events_1975_01" in dry and "would drop analytics_events_1975_02" in dry
+    assert "would detach analytics_events_1975_01" in dry
+    assert "would drop analytics_events_1975_02" in dry
     with engine.connect() as conn:
         assert set(old_months) <= existing_months(conn)
 
@@ -89,16 +90,20 @@ def test_beat_tasks_run_against_the_database(engine: Engine) -> None:
 
     ensure_ahead.apply().get()
     with engine.connect() as conn:
-        wanted = {Month.of(datetime.now(UTC)).shift(i) for i in range(get_settings().partition_months_ahead + 1)}
+        current = Month.of(datetime.now(UTC))
+        wanted = {current.shift(i) for i in range(get_settings().partition_months_ahead + 1)}
         assert wanted <= existing_months(conn)
     assert ensure_ahead.apply().get() == []  # idempotent
     assert apply_retention.apply().get() == {"detached": [], "dropped": [], "skipped": None}
 
 
-def test_a_second_retention_run_skips_while_one_holds_the_lock(engine: Engine, old_months: list[Month]) -> None:
+def test_a_second_retention_run_skips_while_one_holds_the_lock(
+    engine: Engine, old_months: list[Month]
+) -> None:
     policy = PartitionPolicy(retention_months=CENTURIES_OF_MONTHS)
     with engine.connect() as holder:
-        assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RETENTION_LOCK_KEY}).scalar()
+        lock = text("SELECT pg_try_advisory_lock(:k)")
+        assert holder.execute(lock, {"k": RETENTION_LOCK_KEY}).scalar()
         try:
             report = run_retention(engine, policy, datetime.now(UTC))
         finally:
