@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from cli.apikeys import api_keys
 from cli.deadletters import dead_letters
 from cli.load import load_command
 from cli.migrate import migrate_command
@@ -28,6 +29,7 @@ cli.add_command(partitions)
 cli.add_command(dead_letters)
 cli.add_command(rollups)
 cli.add_command(load_command)
+cli.add_command(api_keys)
 
 
 def main() -> None:

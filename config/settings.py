@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     )
 
     # --- web ----------------------------------------------------------------
+    http_max_batch_events: int = Field(
+        1000, ge=1, description="Most events one POST /v1/events may carry."
+    )
+    http_max_body_bytes: int = Field(
+        5_000_000, ge=1, description="Largest request body POST /v1/events reads."
+    )
     demo_error_rate: float = Field(
         0.03, ge=0, le=1, description="Share of stand-in AI calls that fail."
     )

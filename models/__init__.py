@@ -1,11 +1,13 @@
 """Typed SQLAlchemy models. Importing this package opens no connection."""
 
+from models.api_key import ApiKey
 from models.base import Base
 from models.dead_letter import DeadLetter
 from models.event import AnalyticsEvent
 from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPendingBatch
 
 __all__ = [
+    "ApiKey",
     "AnalyticsEvent",
     "Base",
     "DeadLetter",

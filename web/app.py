@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from config import get_settings
 from producer import get_tracker
 from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
-from web import dashboard
+from web import dashboard, ingest
+from web.db import close_database, open_database
 from web.ai import FEATURES, AICallFailed, call_feature
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 5.0
@@ -33,12 +34,15 @@ class FeatureRequest(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    open_database(app)
     get_tracker().start()  # replays what a crashed predecessor left in the spool
     yield
     get_tracker().flush(SHUTDOWN_FLUSH_TIMEOUT_S)
+    close_database(app)
 
 
 app = FastAPI(title="AI feature usage analytics", lifespan=lifespan)
+app.include_router(ingest.router)
 app.include_router(dashboard.router)
 
 

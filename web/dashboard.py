@@ -14,19 +14,23 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import Engine
 
 from config import get_settings
 from queries import rollups as q
 from schema.event import MAX_FEATURE_NAME_LEN, MAX_TENANT_ID_LEN
 from storage.db import make_engine
+from web.auth import readable_tenant
 
 DEFAULT_WINDOW = timedelta(days=1)
 MAX_WINDOW = timedelta(days=400)
 MAX_TOP_USERS = 1000
 
-router = APIRouter(prefix="/api/tenants/{tenant_id}", tags=["dashboard"])
+# Every route is scoped to the path's tenant, which the API key must be allowed to read.
+router = APIRouter(
+    prefix="/api/tenants/{tenant_id}", tags=["dashboard"], dependencies=[Depends(readable_tenant)]
+)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,114 @@
+"""``POST /v1/events``: HTTP ingest for apps that are not written in Python.
+
+A batch of events, answered per event: accepted ones are in the same
+pipeline as ``track()`` (published within one flush interval, spooled to disk
+while the broker is down); rejected ones come back with the reason, and never
+sink their batch-mates. The tenant is the API key's; an event naming a tenant
+is refused. Events without an ``event_id`` or ``timestamp`` get them here and
+both are returned: the idempotency key is the pair, so a client retrying with
+the returned ``event_id`` and ``timestamp`` stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+
+from config import get_settings
+from producer import get_tracker
+from producer.ids import uuid7_hex_batch
+from schema.event import timestamp_to_us
+from storage.api_keys import Principal
+from web.auth import tenant_principal
+
+router = APIRouter(tags=["ingest"])
+
+EVENT_FIELDS = frozenset({
+    "event_id", "feature_name", "user_id", "model", "input_tokens", "output_tokens",
+    "tokens_used", "latency_ms", "status", "error_type", "timestamp",
+})  # fmt: skip
+HTTP_MULTI_STATUS = 207
+
+
+class EventBatch(BaseModel):
+    events: list[dict[str, Any]] = Field(
+        description="Usage events: feature_name, user_id (required); input_tokens, output_tokens,"
+        " tokens_used, latency_ms, status ('success'|'error'), model, error_type, timestamp"
+        " (ISO 8601 with offset), event_id (UUID) (optional). No tenant_id: it is the key's.",
+    )
+
+
+class EventResult(BaseModel):
+    index: int
+    status: Literal["accepted", "rejected"]
+    event_id: str | None = None
+    timestamp: datetime | None = None
+    error: str | None = None
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[EventResult]
+
+
+def _body_not_too_large(request: Request) -> None:
+    limit = get_settings().http_max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"request body over {limit} bytes; send smaller batches")
+
+
+def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, datetime]:
+    """Validate and buffer one event; its (event_id, timestamp), or ValueError/TypeError naming the field."""
+    if "tenant_id" in event:
+        raise ValueError("tenant_id comes from the API key; remove it from the event")
+    unknown = sorted(set(event) - EVENT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    fields = dict(event)
+    if isinstance(fields.get("timestamp"), str):
+        try:
+            fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
+        except ValueError:
+            raise ValueError(f"timestamp must be ISO 8601, got {event['timestamp']!r}") from None
+        timestamp_to_us(fields["timestamp"])  # naive timestamps are refused by name
+    fields.setdefault("timestamp", datetime.now(timezone.utc))
+    fields["event_id"] = fields.get("event_id") or event_id
+    if not get_tracker().track(tenant_id=tenant_id, **fields):
+        raise ValueError("the server's buffer is full; retry this event later")
+    return str(fields["event_id"]), fields["timestamp"]
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    response_model=IngestResult,
+    responses={207: {"model": IngestResult, "description": "Some events rejected; see results"},
+               413: {"description": "Too many events or too large a body"}},  # fmt: skip
+    dependencies=[Depends(_body_not_too_large)],
+)
+def ingest_events(batch: EventBatch, response: Response, who: Principal = Depends(tenant_principal)) -> IngestResult:
+    limit = get_settings().http_max_batch_events
+    if not batch.events:
+        raise HTTPException(422, "events must hold at least one event")
+    if len(batch.events) > limit:
+        raise HTTPException(413, f"{len(batch.events)} events in one batch; the limit is {limit}")
+    assert who.tenant_id is not None  # tenant_principal guarantees it
+    fresh_ids = uuid7_hex_batch([time.time_ns() // 1000] * len(batch.events))
+    results = []
+    for index, (event, fresh_id) in enumerate(zip(batch.events, fresh_ids)):
+        try:
+            event_id, timestamp = _track(who.tenant_id, event, fresh_id)
+        except (ValueError, TypeError) as exc:
+            results.append(EventResult(index=index, status="rejected", event_id=event.get("event_id"), error=str(exc)))
+        else:
+            results.append(EventResult(index=index, status="accepted", event_id=event_id, timestamp=timestamp))
+    accepted = sum(r.status == "accepted" for r in results)
+    if accepted < len(results):
+        response.status_code = HTTP_MULTI_STATUS
+    return IngestResult(accepted=accepted, rejected=len(results) - accepted, results=results)
