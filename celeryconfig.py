@@ -22,12 +22,19 @@ PARTITION_ENSURE_EVERY = timedelta(hours=1)
 PARTITION_RETENTION_AT = crontab(hour=3, minute=17)
 PARTITION_RETENTION_EXPIRES_S = 6 * 3600
 MAINTENANCE_QUEUE = "maintenance"
+REDIS_RESTORE_SWEEP_S = 10  # seconds between sweeps for unacknowledged messages
 
 
 def build(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_redis:
+        visibility_timeout = settings.redis_visibility_timeout_s
         transport_options: dict[str, Any] = {
-            "visibility_timeout": settings.redis_visibility_timeout_s
+            "visibility_timeout": visibility_timeout,
+            # kombu looks for messages a dead worker left unacknowledged only
+            # every interval x throttle seconds (10 x 10 by default), so they
+            # would wait up to ~100 s more than the visibility timeout.
+            "unacked_restore_interval": max(1, min(REDIS_RESTORE_SWEEP_S, visibility_timeout)),
+            "unacked_restore_throttle": 1,
         }
     else:
         # Publisher confirms: a publish returns only once RabbitMQ has the message.

@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 BACKOFF_START_S = 0.05
 IDLE_POLL_S = 0.05  # how often flush() re-checks while it waits
 CLOSE_JOIN_S = 2.0
+FORK_WAIT_S = 5.0  # longest a fork waits for the publishing thread to finish a step
 EVENT_ID_INDEX = WIRE_FIELDS.index("event_id")
 TIMESTAMP_INDEX = WIRE_FIELDS.index("timestamp_us")
 
@@ -98,7 +99,11 @@ class Tracker:
         self._max_future_us = self._settings.event_max_future_skew_s * 1_000_000
         self._reset()
         this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (t := this()) and t._reset())
+        os.register_at_fork(
+            before=lambda: (t := this()) and t._before_fork(),
+            after_in_parent=lambda: (t := this()) and t._after_fork_in_parent(),
+            after_in_child=lambda: (t := this()) and t._reset(),
+        )
         atexit.register(lambda: (t := this()) and t.close())
 
     def _reset(self) -> None:
@@ -115,6 +120,9 @@ class Tracker:
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._start_lock = threading.Lock()
+        # Held by the publishing thread while it works (not while it waits).
+        self._busy = threading.Lock()
+        self._fork_holds_busy = False
         self._thread: threading.Thread | None = None
         self._closing = False
         self._in_flight = 0
@@ -236,15 +244,30 @@ class Tracker:
             publish_failures=self._publish_failures,
         )
 
+    # --- fork safety -----------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        # Fork only while the publishing thread is idle. Its first steps import
+        # modules lazily (celery, kombu, the transport); a fork while it holds
+        # an import lock leaves that lock held for ever in the child, whose own
+        # publishing thread then blocks on it and never publishes.
+        self._fork_holds_busy = self._busy.acquire(timeout=FORK_WAIT_S)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_holds_busy:
+            self._fork_holds_busy = False
+            self._busy.release()
+
     # --- publishing thread ----------------------------------------------------
 
     def _run(self) -> None:
-        app = Celery("analytics-producer", set_as_current=False)
-        app.conf.update(celeryconfig.build(self._settings))
-        publisher = BatchPublisher(app, self._settings)
-        spool = self._spool
-        if spool is not None and (claimed := spool.claim_orphans()):
-            logger.warning("analytics producer: replaying %d spool segments left by a previous process", claimed)
+        with self._busy:
+            app = Celery("analytics-producer", set_as_current=False)
+            app.conf.update(celeryconfig.build(self._settings))
+            publisher = BatchPublisher(app, self._settings)
+            spool = self._spool
+            if spool is not None and (claimed := spool.claim_orphans()):
+                logger.warning("analytics producer: replaying %d spool segments left by a previous process", claimed)
         retry_at = 0.0
         backoff = BACKOFF_START_S
         try:
@@ -252,7 +275,8 @@ class Tracker:
                 self._wake.wait(self._interval_s)
                 self._wake.clear()
                 try:
-                    drained = time.monotonic() < retry_at or self._drain(publisher)
+                    with self._busy:
+                        drained = time.monotonic() < retry_at or self._drain(publisher)
                 except Exception:  # noqa: BLE001 - the thread must outlive any bug; events stay queued
                     logger.exception("analytics producer: unexpected error while publishing")
                     drained = False
@@ -264,7 +288,8 @@ class Tracker:
                 broker_down = time.monotonic() < retry_at
                 if spool is not None and (broker_down or self._closing):
                     # At most one flush interval of events is only in memory.
-                    self._spill(spool)
+                    with self._busy:
+                        self._spill(spool)
                 if self._closing:
                     return
         finally:

@@ -64,6 +64,11 @@ def check_str(field: str, value: object, max_len: int, *, optional: bool = False
         raise InvalidEvent(f"{field} is {len(value)} characters long, the limit is {max_len}")
     if "\x00" in value:
         raise InvalidEvent(f"{field} contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate: PostgreSQL cannot store it
+            raise InvalidEvent(f"{field} is not valid Unicode (it contains a lone surrogate)") from None
     return value
 
 
@@ -89,7 +94,7 @@ def check_latency(value: object) -> int:
 
 
 def check_status(value: object) -> str:
-    if value not in STATUSES:
+    if type(value) is not str or value not in STATUSES:
         raise InvalidEvent(f"status must be one of {sorted(STATUSES)}, got {value!r}")
     return value  # type: ignore[return-value]
 
@@ -97,7 +102,7 @@ def check_status(value: object) -> str:
 def check_tokens_used(value: object, input_tokens: int, output_tokens: int) -> int:
     total = input_tokens + output_tokens
     if value is None:
-        return total
+        return check_count("tokens_used", total)
     value = check_count("tokens_used", value)
     if value < total:
         raise InvalidEvent(

@@ -27,7 +27,12 @@ def decode_message(message: object) -> DecodedBatch:
         batch.invalid.append((message, f"not an ingest message of version {WIRE_VERSION}"))
         return batch
     fields, rows = message.get("fields"), message.get("rows")
-    if not isinstance(rows, list) or not isinstance(fields, list) or set(fields) != set(WIRE_FIELDS):
+    if (
+        not isinstance(rows, list)
+        or not isinstance(fields, list)
+        or not all(isinstance(name, str) for name in fields)
+        or sorted(fields) != sorted(WIRE_FIELDS)
+    ):
         batch.invalid.append((message, f"message must carry 'rows' and 'fields' = {list(WIRE_FIELDS)}"))
         return batch
     for row in rows:

@@ -1,0 +1,245 @@
+"""The write path against the real database: storage.events.store_batch and
+storage.dead_letters.record, called in one transaction as the ingest task does.
+
+Rows are built by hand where a test needs what validation would refuse, so
+that PostgreSQL itself rejects them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from schema.event import WIRE_FIELDS, parse_wire_row
+from storage import dead_letters
+from storage.dead_letters import Rejected, encode_payload
+from storage.events import Row, WriteResult, store_batch
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"writer-{uuid.uuid4().hex[:12]}"
+
+
+def make_rows(tenant: str, n: int) -> list[Row]:
+    """``n`` valid (mapping, raw payload) pairs, as decode_message returns them."""
+    now_us = time.time_ns() // 1000
+    rows = []
+    for i in range(n):
+        wire = [
+            uuid.uuid4().hex, tenant, "summarize", f"user-{i}", "gpt-test",
+            i, 2, i + 2, 100 + i, "success", None, now_us - i,
+        ]  # fmt: skip
+        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))))
+    return rows
+
+
+def tamper(row: Row, **columns: Any) -> Row:
+    """The same event with columns changed past validation (mapping and payload)."""
+    mapping, payload = row
+    return {**mapping, **columns}, {**payload, **columns}
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+def write(engine: Engine, rows: list[Row]) -> WriteResult:
+    """What the ingest task does with a decoded batch: store, dead-letter, commit."""
+    with transaction(engine) as session:
+        result = store_batch(session, rows)
+        dead_letters.record(session, result.rejected)
+    return result
+
+
+def stored(engine: Engine, tenant: str) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                text("SELECT count(*), count(DISTINCT event_id) FROM analytics_events WHERE tenant_id = :t"),
+                {"t": tenant},
+            ).one()
+        )
+
+
+def stored_ids(engine: Engine, tenant: str) -> set[uuid.UUID]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text("SELECT event_id FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}
+            ).scalars()
+        )
+
+
+def letters_for(engine: Engine, tenant: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [
+            dict(row._mapping)
+            for row in conn.execute(
+                text(
+                    "SELECT fingerprint, source, reason, payload, attempts, first_seen, last_seen"
+                    " FROM dead_letters WHERE payload LIKE '%' || :t || '%' ORDER BY id"
+                ),
+                {"t": tenant},
+            )
+        ]
+
+
+# --- idempotency ----------------------------------------------------------------------
+
+
+def test_batch_stored_twice_stores_each_event_once(engine: Engine, tenant: str) -> None:
+    rows = make_rows(tenant, 50)
+    first = write(engine, rows)
+    assert (first.stored, first.duplicates, first.rejected) == (50, 0, [])
+    second = write(engine, rows)
+    assert (second.stored, second.duplicates, second.rejected) == (0, 50, [])
+    assert stored(engine, tenant) == (50, 50)
+
+
+def test_overlapping_batch_stores_only_the_new_events(engine: Engine, tenant: str) -> None:
+    old, new = make_rows(tenant, 30), make_rows(tenant, 20)
+    write(engine, old)
+    # Already-stored events scattered among new ones, as a partly replayed spool would send them.
+    mixed = [row for pair in zip(old[10:], new) for row in pair]
+    result = write(engine, mixed)
+    assert (result.stored, result.duplicates, result.rejected) == (20, 20, [])
+    assert stored(engine, tenant) == (50, 50)
+    assert stored_ids(engine, tenant) == {m["event_id"] for m, _ in old + new}
+
+
+def test_duplicate_event_id_inside_one_batch_is_stored_once(engine: Engine, tenant: str) -> None:
+    a, b, c = make_rows(tenant, 3)
+    a_again = tamper(a, user_id="second-copy")  # same key (event_id, timestamp)
+    result = write(engine, [a, b, a_again, c, b])
+    assert (result.stored, result.duplicates, result.rejected) == (3, 2, [])
+    assert stored(engine, tenant) == (3, 3)
+    with engine.connect() as conn:
+        user = conn.execute(
+            text("SELECT user_id FROM analytics_events WHERE event_id = :id"), {"id": a[0]["event_id"]}
+        ).scalar_one()
+    assert user == a[0]["user_id"], "the first copy in the batch wins"
+
+
+def test_store_batch_commits_with_the_callers_transaction(engine: Engine, tenant: str) -> None:
+    """Nothing is stored unless the caller commits: the task acknowledges after the commit."""
+    rows = make_rows(tenant, 10)
+    with Session(engine) as session:
+        session.begin()
+        assert store_batch(session, rows).stored == 10
+        session.rollback()
+    assert stored(engine, tenant) == (0, 0)
+    assert write(engine, rows).stored == 10
+
+
+# --- rows the database rejects ------------------------------------------------------------
+
+
+def test_row_violating_a_check_constraint_is_dead_lettered_while_its_batch_mates_land(
+    engine: Engine, tenant: str
+) -> None:
+    rows = make_rows(tenant, 100)
+    bad = tamper(rows[57], input_tokens=40, output_tokens=40, tokens_used=10)  # < input + output
+    rows[57] = bad
+
+    result = write(engine, rows)
+
+    assert result.stored == 99
+    assert result.duplicates == 0
+    assert len(result.rejected) == 1
+    rejected = result.rejected[0]
+    assert rejected.payload == bad[1]
+    assert "23514" in rejected.reason  # check_violation
+    assert "violates check constraint" in rejected.reason and "counts_valid" in rejected.reason
+    assert stored(engine, tenant) == (99, 99)
+    assert bad[0]["event_id"] not in stored_ids(engine, tenant)
+
+    (letter,) = letters_for(engine, tenant)
+    assert letter["reason"] == rejected.reason
+    assert letter["payload"] == encode_payload(bad[1])
+    assert (letter["source"], letter["attempts"]) == ("worker", 1)
+
+
+def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engine, tenant: str) -> None:
+    rows = make_rows(tenant, 200)
+    broken = {
+        0: (tamper(rows[0], status="pending"), "status_known"),  # check constraint
+        77: (tamper(rows[77], input_tokens=2**31, tokens_used=2**31 + 2), "out of range"),  # integer column
+        78: (tamper(rows[78], latency_ms=-5), "counts_valid"),
+        199: (tamper(rows[199], user_id="u" * 129), "too long"),  # varchar(128)
+    }
+    for index, (row, _) in broken.items():
+        rows[index] = row
+
+    result = write(engine, rows)
+
+    assert result.stored == 200 - len(broken)
+    assert stored(engine, tenant) == (196, 196)
+    reasons = {r.payload["event_id"]: r.reason for r in result.rejected}
+    assert len(reasons) == len(broken)
+    for row, expected in broken.values():
+        assert expected in reasons[row[1]["event_id"]], reasons[row[1]["event_id"]]
+    assert len(letters_for(engine, tenant)) == len(broken)
+
+
+def test_a_batch_of_only_rejected_rows_stores_nothing_and_letters_all(engine: Engine, tenant: str) -> None:
+    rows = [tamper(row, tokens_used=0) for row in make_rows(tenant, 5)]
+    result = write(engine, rows)
+    assert result.stored == 0
+    assert len(result.rejected) == 5
+    assert stored(engine, tenant) == (0, 0)
+    assert len(letters_for(engine, tenant)) == 5
+
+
+# --- dead letters ---------------------------------------------------------------------------------
+
+
+def test_dead_lettering_the_same_payload_twice_keeps_one_row(engine: Engine, tenant: str) -> None:
+    payload = {"tenant_id": tenant, "input_tokens": -1, "note": "NUL \x00 and surrogate \udcff survive"}
+    with transaction(engine) as session:
+        dead_letters.record(session, [Rejected(payload=payload, reason="first reason")])
+    (first,) = letters_for(engine, tenant)
+    assert first["attempts"] == 1
+
+    with transaction(engine) as session:
+        dead_letters.record(session, [Rejected(payload=dict(payload), reason="second reason")])
+    (second,) = letters_for(engine, tenant)
+    assert second["fingerprint"] == first["fingerprint"]
+    assert second["attempts"] == 2
+    assert second["reason"] == "second reason"
+    assert second["first_seen"] == first["first_seen"]
+    assert second["last_seen"] > first["last_seen"]
+
+
+def test_the_same_payload_twice_in_one_call_is_one_row(engine: Engine, tenant: str) -> None:
+    payload = {"tenant_id": tenant, "status": "weird"}
+    other = {"tenant_id": tenant, "status": "odd"}
+    with transaction(engine) as session:
+        dead_letters.record(
+            session, [Rejected(payload, "a"), Rejected(dict(payload), "b"), Rejected(other, "c")]
+        )
+    letters = letters_for(engine, tenant)
+    assert len(letters) == 2
+    assert all(letter["attempts"] == 1 for letter in letters)
+
+
+def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(engine: Engine, tenant: str) -> None:
+    """Redelivery of a batch: the good rows are duplicates, the bad row's letter counts twice."""
+    rows = make_rows(tenant, 20)
+    rows[3] = tamper(rows[3], tokens_used=1)
+    first = write(engine, rows)
+    second = write(engine, rows)
+    assert (first.stored, len(first.rejected)) == (19, 1)
+    assert (second.stored, second.duplicates, len(second.rejected)) == (0, 19, 1)
+    assert stored(engine, tenant) == (19, 19)
+    (letter,) = letters_for(engine, tenant)
+    assert letter["attempts"] == 2
