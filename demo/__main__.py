@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -41,7 +42,8 @@ HTTP_SAMPLE_REQUESTS = 20
 STORE_TIMEOUT_S = 600.0
 POLL_S = 0.5
 ID_CHUNK = 10_000
-PROCESSES = ["web", "worker", "beat", "flower"]
+PROCESSES = ["web", "worker", "rollups", "beat", "flower"]
+METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
 DATA_DIR = ROOT / "var" / "embedded"
 
 
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             migrate(services.database_url)
         except DatabaseUnreachable as exc:
             raise DemoError(str(exc)) from None
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)  # counters of a previous run's processes
         print(f"demo: starting {', '.join(PROCESSES)} (logs: {processes.log_path.relative_to(ROOT)})")
         processes.start()
         web = f"http://127.0.0.1:{web_port}"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import datetime, timezone
 from typing import Any
 
-
 from config import get_settings
+from monitoring import metrics
 from schema.message import decode_message
 from storage import dead_letters
 from storage.dead_letters import Rejected
@@ -53,6 +54,14 @@ def write_batch(self: DatabaseTask, message: Any) -> dict[str, int]:
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
+    oldest = min((mapping["timestamp"] for mapping, _ in decoded.rows), default=None)
+    metrics.batch_committed(
+        events=len(decoded.rows) + len(invalid),
+        stored=result.stored,
+        duplicates=result.duplicates,
+        dead_lettered=len(invalid) + len(result.rejected),
+        oldest_age_s=None if oldest is None else (datetime.now(timezone.utc) - oldest).total_seconds(),
+    )
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from config import get_settings
 from producer import get_tracker
 from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
-from web import dashboard, ingest
+from web import dashboard, ingest, metrics
 from web.db import close_database, open_database
 from web.ai import FEATURES, AICallFailed, call_feature
 
@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="AI feature usage analytics", lifespan=lifespan)
 app.include_router(ingest.router)
+app.include_router(metrics.router)
 app.include_router(dashboard.router)
 
 

@@ -24,6 +24,7 @@ from producer.ids import uuid7_hex_batch
 from schema.event import timestamp_to_us
 from storage.api_keys import Principal
 from web.auth import tenant_principal
+from web.metrics import HTTP_EVENTS
 
 router = APIRouter(tags=["ingest"])
 
@@ -109,6 +110,8 @@ def ingest_events(batch: EventBatch, response: Response, who: Principal = Depend
         else:
             results.append(EventResult(index=index, status="accepted", event_id=event_id, timestamp=timestamp))
     accepted = sum(r.status == "accepted" for r in results)
+    HTTP_EVENTS.labels("accepted").inc(accepted)
+    HTTP_EVENTS.labels("rejected").inc(len(results) - accepted)
     if accepted < len(results):
         response.status_code = HTTP_MULTI_STATUS
     return IngestResult(accepted=accepted, rejected=len(results) - accepted, results=results)

@@ -1,0 +1,32 @@
+"""Metrics the ingest worker counts, after each commit.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set in the environment of the worker and
+the web process (the Procfile does it), the worker's counters reach the web
+process's ``/metrics`` through that directory (prometheus_client's multiprocess
+mode); the variable must be set before the process starts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+EVENTS_STORED = Counter("analytics_events_stored", "Events committed to analytics_events.")
+EVENTS_DUPLICATE = Counter("analytics_events_duplicate", "Redelivered events dropped because already stored.")
+EVENTS_DEAD_LETTERED = Counter("analytics_events_dead_lettered", "Events or messages written to dead_letters.")
+BATCH_SIZE = Histogram("analytics_ingest_batch_events", "Events per ingest message.", buckets=BATCH_SIZE_BUCKETS)
+INGEST_LAG = Gauge(
+    "analytics_ingest_lag_seconds",
+    "Age of the oldest event of the last committed batch, at its commit: how far storage runs behind track().",
+    multiprocess_mode="mostrecent",
+)
+
+
+def batch_committed(events: int, stored: int, duplicates: int, dead_lettered: int, oldest_age_s: float | None) -> None:
+    BATCH_SIZE.observe(events)
+    EVENTS_STORED.inc(stored)
+    EVENTS_DUPLICATE.inc(duplicates)
+    EVENTS_DEAD_LETTERED.inc(dead_lettered)
+    if oldest_age_s is not None:
+        INGEST_LAG.set(oldest_age_s)
