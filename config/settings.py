@@ -9,6 +9,7 @@ a connection: building Settings is pure.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
 
     # --- worker -------------------------------------------------------------
     ingest_queue: str = Field("ingest", description="Queue of the ingest task.")
+    ingest_writer: Literal["bulk", "copy"] = Field(
+        "bulk",
+        description="How the worker writes a batch: bulk (Session.bulk_insert_mappings) "
+        "or copy (COPY FROM STDIN, less database CPU per row).",
+    )
     ingest_retry_max_s: int = Field(
         60, ge=1, description="Cap of the worker's retry backoff on database errors."
     )

@@ -12,7 +12,8 @@ SAVEPOINT:
   that ``batch_id``, in this same transaction (storage.rollups: the rollups
   see the batch exactly when its rows commit); a batch that stores nothing
   removes its log row;
-* the common case is one ``bulk_insert_mappings`` of the whole batch;
+* the common case is one insert of the whole batch, by the configured writer
+  (storage.writers: ``bulk_insert_mappings`` or COPY);
 * a unique violation means some events are already stored (a redelivered
   message): those are looked up, dropped, and the rest is inserted again;
 * a month with no partition (beat has not run, a late event, a clock jump)
@@ -52,6 +53,7 @@ from storage.partitions import (
     is_missing_partition,
 )
 from storage.rollups import discard_batch, open_batch
+from storage.writers import WRITERS, Writer
 
 # A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with.
 Row = tuple[dict[str, Any], Any]
@@ -109,13 +111,19 @@ def _inside(window: AcceptWindow, rows: list[Row], rejected: list[Rejected]) -> 
 
 
 def store_batch(
-    session: Session, rows: list[Row], *, policy: PartitionPolicy | None = None
+    session: Session,
+    rows: list[Row],
+    *,
+    policy: PartitionPolicy | None = None,
+    writer: Writer | None = None,
 ) -> WriteResult:
     """Insert ``rows`` in the session's transaction; see the module docstring.
 
-    ``policy`` defaults to the process's settings.
+    ``policy`` and ``writer`` default to the process's settings.
     """
-    policy = policy or PartitionPolicy.from_settings(get_settings())
+    settings = get_settings()
+    policy = policy or PartitionPolicy.from_settings(settings)
+    writer = writer or WRITERS[settings.ingest_writer]
     rows, repeats = unique_in_batch(rows)
     result = WriteResult(duplicates=repeats)
     rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
@@ -129,9 +137,7 @@ def store_batch(
         chunk = pending.pop()
         try:
             with session.begin_nested():
-                session.bulk_insert_mappings(
-                    AnalyticsEvent, [mapping for mapping, _ in chunk], render_nulls=True
-                )
+                writer(session, [mapping for mapping, _ in chunk])
             result.stored += len(chunk)
             continue
         except IntegrityError as exc:

@@ -23,6 +23,17 @@ from storage.dead_letters import Rejected, encode_payload
 from storage.events import Row, WriteResult, store_batch
 
 
+@pytest.fixture(autouse=True, params=["bulk", "copy"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs with each writer (INGEST_WRITER): the guarantees must not depend on it."""
+    from config import get_settings
+
+    monkeypatch.setenv("INGEST_WRITER", request.param)
+    get_settings.cache_clear()
+    yield request.param
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def tenant() -> str:
     return f"writer-{uuid.uuid4().hex[:12]}"
