@@ -11,6 +11,7 @@ from cli.deadletters import dead_letters
 from cli.load import load_command
 from cli.migrate import migrate_command
 from cli.partitions import partitions
+from cli.report import report_command
 from cli.rollups import rollups
 
 
@@ -30,6 +31,7 @@ cli.add_command(dead_letters)
 cli.add_command(rollups)
 cli.add_command(load_command)
 cli.add_command(api_keys)
+cli.add_command(report_command)
 
 
 def main() -> None:

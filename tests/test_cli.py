@@ -105,3 +105,42 @@ def test_load_with_the_broker_down_fails_with_one_clear_line(
     assert "is CELERY_BROKER_URL right and the broker up?" in result.output
     assert "Spooled events are replayed" in result.output
     assert list((tmp_path / "spool").rglob("*.jsonl")), "the events must be safe in the spool"
+
+
+def test_api_keys_create_list_revoke(database_url: str) -> None:
+    runner = CliRunner()
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    created = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--name", "ci"])
+    assert created.exit_code == 0, created.output
+    prefix = created.output.split()[3]
+    assert created.output.splitlines()[1].startswith(f"ak_{prefix}_")
+    listed = runner.invoke(cli, ["api-keys", "list", "--tenant", tenant])
+    assert prefix in listed.output and "active" in listed.output
+    assert runner.invoke(cli, ["api-keys", "revoke", prefix]).exit_code == 0
+    assert "revoked" in runner.invoke(cli, ["api-keys", "list", "--tenant", tenant]).output
+    again = runner.invoke(cli, ["api-keys", "revoke", prefix])
+    assert again.exit_code == 1 and "no active key" in again.output
+    neither = runner.invoke(cli, ["api-keys", "create"])
+    assert neither.exit_code == 2 and "--tenant TENANT or --admin" in neither.output
+
+
+def test_report_prints_the_tenants_tables(engine: Engine) -> None:
+    from schema.event import WIRE_FIELDS, parse_wire_row
+    from storage.events import store_batch
+    from storage.rollups import run_until_idle
+    from sqlalchemy.orm import Session
+
+    tenant = f"report-{uuid.uuid4().hex[:6]}"
+    now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    wires = [[uuid.uuid4().hex, tenant, "forecasting", f"user-{i % 3}", None, 5, 5, None, 100, "success", None,
+              now_us - i] for i in range(30)]  # fmt: skip
+    with Session(engine) as session, session.begin():
+        store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires])
+    run_until_idle(engine)
+    result = CliRunner().invoke(cli, ["report", "--tenant", tenant])
+    assert result.exit_code == 0, result.output
+    forecasting = next(line for line in result.output.splitlines() if line.startswith("forecasting"))
+    assert forecasting.split()[1] == "30"
+    assert "user-0" in result.output
+    bad = CliRunner().invoke(cli, ["report", "--tenant", tenant, "--from", "yesterday"])
+    assert bad.exit_code == 2 and "ISO 8601" in bad.output
