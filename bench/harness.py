@@ -624,3 +624,11 @@ def process_group(snapshot: CpuSnapshot, pgid: int) -> set[int]:
 def format_breakdown(cores: dict[str, float]) -> str:
     ncpu = os.cpu_count() or 1
     return f"CPU (cores of {ncpu}): " + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+
+
+def use_writer(writer: str) -> None:
+    """INGEST_WRITER for this process's settings and for the workers started from now on."""
+    from config import get_settings
+
+    os.environ["INGEST_WRITER"] = writer
+    get_settings.cache_clear()

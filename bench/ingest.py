@@ -134,6 +134,9 @@ class PhaseResult:
     call_us_p99: float | None = None
     foreign_cores: float = 0.0  # CPU taken by processes outside the run, on average
     refused: int = 0  # events track() refused (buffer full)
+    writer: str | None = None  # the pipeline worker's INGEST_WRITER
+    t0: float | None = None  # perf_counter() of the first send
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, rows stored)
 
     @property
     def eps(self) -> float | None:
@@ -257,30 +260,79 @@ def run_per_event(
 # --- phase 3: the pipeline ------------------------------------------------------------------
 
 
+@dataclass
+class TrackingRun:
+    """What ``track_events`` did: the bench's own backpressure and the refusals."""
+
+    refused: int = 0
+    backpressure_sleeps: int = 0
+
+
+def track_events(
+    tracker: Any, events: list[dict[str, Any]], durations: array, tracked: list[int]
+) -> TrackingRun:
+    """``track()`` every event as fast as the producer takes them, timing each call.
+
+    The loop applies backpressure itself (sleeps while more than
+    ``BACKPRESSURE_BUFFERED`` events wait in the buffer), so that a producer
+    faster than its publishing thread never fills the buffer: nothing is refused.
+    ``tracked[0]`` follows the progress, for status lines.
+    """
+    run = TrackingRun()
+    clock = time.perf_counter_ns
+    track = tracker.track
+    stats = tracker.stats
+    for i, event in enumerate(events):
+        if i % BACKPRESSURE_CHECK_EVERY == 0:
+            tracked[0] = i
+            while stats().buffered > BACKPRESSURE_BUFFERED:
+                run.backpressure_sleeps += 1
+                time.sleep(BACKPRESSURE_SLEEP_S)
+        start = clock()
+        accepted = track(**event)
+        durations[i] = clock() - start
+        if not accepted:
+            run.refused += 1
+    tracked[0] = len(events)
+    return run
+
+
 def run_pipeline(
-    env: BenchEnv, engine: Any, n: int, concurrency: int, rng: random.Random
+    env: BenchEnv,
+    engine: Any,
+    n: int,
+    concurrency: int,
+    rng: random.Random,
+    *,
+    writer: str | None = None,
+    label: str = "pipeline",
+    events: list[dict[str, Any]] | None = None,
 ) -> PhaseResult:
+    """The real pipeline at full speed; ``writer`` overrides INGEST_WRITER for its worker,
+    ``events`` (``generate_events`` output) the workload, so a caller can reuse it."""
     from config import get_settings
     from producer import Tracker
 
+    if writer is not None:
+        harness.use_writer(writer)
     settings = get_settings()
     writer = getattr(settings, "ingest_writer", "bulk")
     print(
-        f"\n== pipeline: track() -> micro-batches of {settings.producer_batch_size} -> "
+        f"\n== {label}: track() -> micro-batches of {settings.producer_batch_size} -> "
         f"worker -c {concurrency} on {settings.ingest_queue} -> writer {writer!r}, {n:,} events",
         flush=True,
     )
-    print("  generating events ...", flush=True)
-    events = generate_events(n, rng)
+    if events is None:
+        print("  generating events ...", flush=True)
+        events = generate_events(n, rng)
+    n = len(events)
     expected = expected_sums(events)
     harness.truncate_events(engine)
-    result = PhaseResult("pipeline", n)
+    result = PhaseResult(label, n, writer=writer)
     durations = array("q", bytes(8 * n))
     with Worker(env, "tasks.app", env.ingest_queue, concurrency, "ingest") as worker:
         tracker = Tracker(settings)
         tracked = [0]
-        backpressure_sleeps = 0
-        refused = 0
 
         def status() -> str:
             stats = tracker.stats()
@@ -291,24 +343,11 @@ def run_pipeline(
 
         cpu_start = harness.cpu_snapshot()
         t0 = time.perf_counter()
-        monitor = RowMonitor(engine, "pipeline", n, t0, status=status)
+        monitor = RowMonitor(engine, label, n, t0, status=status)
         monitor.start()
-        clock = time.perf_counter_ns
-        track = tracker.track
-        stats = tracker.stats
         try:
-            for i, event in enumerate(events):
-                if i % BACKPRESSURE_CHECK_EVERY == 0:
-                    tracked[0] = i
-                    while stats().buffered > BACKPRESSURE_BUFFERED:
-                        backpressure_sleeps += 1
-                        time.sleep(BACKPRESSURE_SLEEP_S)
-                start = clock()
-                accepted = track(**event)
-                durations[i] = clock() - start
-                if not accepted:
-                    refused += 1
-            tracked[0] = n
+            tracking = track_events(tracker, events, durations, tracked)
+            refused, backpressure_sleeps = tracking.refused, tracking.backpressure_sleeps
             t_tracked = time.perf_counter()
             flushed = tracker.flush(timeout=120)
             t_flushed = time.perf_counter()
@@ -321,6 +360,7 @@ def run_pipeline(
             monitor.stop()
             # On an error or Ctrl-C, don't wait on a broker whose queue is about to go.
             tracker.close(timeout=5 if monitor.done_at is not None else 0)
+        result.t0, result.samples = t0, monitor.samples
         if monitor.done_at is not None:
             result.seconds = monitor.done_at - t0
         else:
@@ -356,9 +396,9 @@ def run_pipeline(
         result.notes.append("EVENTS REFUSED BY A FULL BUFFER")
     result.refused = max(final.dropped_buffer_full, refused)
     if result.eps is not None:
-        print(f"  [pipeline] done: {n:,} events in {result.seconds:.2f}s = {result.eps:,.0f} events/s", flush=True)
+        print(f"  [{label}] done: {n:,} events in {result.seconds:.2f}s = {result.eps:,.0f} events/s", flush=True)
     for note in result.notes:
-        print(f"  [pipeline] {note}", flush=True)
+        print(f"  [{label}] {note}", flush=True)
     return result
 
 
