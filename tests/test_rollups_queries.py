@@ -14,9 +14,11 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session
 
 from cli.main import cli
 from queries import rollups as q
+from storage.api_keys import create_key
 from storage.rollups import run_until_idle
 from tests.rollup_checks import QUANTILES, UTC, ensure_months_for, event, ingest, pending_batches, within_error
 from web.app import app
@@ -157,20 +159,25 @@ def test_bounds_must_be_timezone_aware(engine: Engine) -> None:
 
 
 def test_api_serves_the_query_layer(engine: Engine, data: tuple[datetime, datetime]) -> None:
+    """Values only; keys and tenant scopes of these routes are tests/test_web_api.py's subject."""
     start, end = data
-    client = TestClient(app)
+    with Session(engine) as session, session.begin():
+        _, key = create_key(session, name="rollup-queries", tenant_id=TENANT)
+    headers = {"Authorization": f"Bearer {key}"}
     params = {"start": start.isoformat(), "end": end.isoformat()}
-    body = client.get(f"/api/tenants/{TENANT}/summary", params=params).json()
-    with q.snapshot(engine) as conn:
-        expected = q.feature_summary(conn, TENANT, start, end)
-    assert [(f["feature_name"], f["calls"], f["latency_p95_ms"]) for f in body["features"]] == [
-        (s.feature_name, s.calls, s.latency_p95_ms) for s in expected
-    ]
-    for path in ("series", "top-users", "error-rates", "active-users"):
-        assert client.get(f"/api/tenants/{TENANT}/{path}", params=params).status_code == 200
-    naive = {"start": "2026-01-01T00:00:00", "end": "2026-01-02T00:00:00"}
-    assert client.get(f"/api/tenants/{TENANT}/summary", params=naive).status_code == 422
-    assert client.get(f"/api/tenants/{TENANT}/series", params={**params, "granularity": "week"}).status_code == 422
+    with TestClient(app) as client:
+        body = client.get(f"/api/tenants/{TENANT}/summary", params=params, headers=headers).json()
+        with q.snapshot(engine) as conn:
+            expected = q.feature_summary(conn, TENANT, start, end)
+        assert [(f["feature_name"], f["calls"], f["latency_p95_ms"]) for f in body["features"]] == [
+            (s.feature_name, s.calls, s.latency_p95_ms) for s in expected
+        ]
+        for path in ("series", "top-users", "error-rates", "active-users"):
+            assert client.get(f"/api/tenants/{TENANT}/{path}", params=params, headers=headers).status_code == 200
+        naive = {"start": "2026-01-01T00:00:00", "end": "2026-01-02T00:00:00"}
+        assert client.get(f"/api/tenants/{TENANT}/summary", params=naive, headers=headers).status_code == 422
+        week = {**params, "granularity": "week"}
+        assert client.get(f"/api/tenants/{TENANT}/series", params=week, headers=headers).status_code == 422
 
 
 def test_cli_runs_rebuilds_and_reports(engine: Engine, data: tuple[datetime, datetime]) -> None:
