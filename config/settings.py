@@ -72,6 +72,28 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(
         2, ge=1, description="Messages each worker process reserves ahead."
     )
+    ingest_mode: Literal["task", "aggregate"] = Field(
+        "task",
+        description="What the Procfile's worker runs: task (the Celery task, one transaction "
+        "per broker message) or aggregate (python -m tasks.aggregator: many messages per "
+        "transaction, for producers that send many small messages).",
+    )
+    ingest_aggregate_max_events: int = Field(
+        5000,
+        ge=1,
+        description="Aggregator: events per transaction; a flush starts when this many are held.",
+    )
+    ingest_aggregate_max_wait_ms: int = Field(
+        200,
+        ge=1,
+        description="Aggregator: longest a message waits for more before its flush starts.",
+    )
+    ingest_aggregate_max_messages: int = Field(
+        1000,
+        ge=1,
+        description="Aggregator: cap of the prefetch window (unacknowledged messages held); "
+        "the window itself is about two flushes of events.",
+    )
 
     # --- partitions (storage.partitions) -------------------------------------
     partition_months_ahead: int = Field(
@@ -122,6 +144,11 @@ class Settings(BaseSettings):
     )
     http_max_body_bytes: int = Field(
         5_000_000, ge=1, description="Largest request body POST /v1/events reads."
+    )
+    dashboard_vendor_dir: str = Field(
+        "web/node_modules/chart.js/dist",
+        description="Chart.js build (installed by npm at setup) served at /static/vendor/chart.js; "
+        "relative to the repository. Missing: the dashboard page shows its table without charts.",
     )
     demo_error_rate: float = Field(
         0.03, ge=0, le=1, description="Share of stand-in AI calls that fail."

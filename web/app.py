@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from config import get_settings
 from producer import get_tracker
 from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
-from web import dashboard, ingest, metrics
+from web import dashboard, ingest, metrics, page
+from web.auth import BODY_UNREADABLE
 from web.db import close_database, open_database
 from web.ai import FEATURES, AICallFailed, call_feature
 
@@ -45,6 +46,8 @@ app = FastAPI(title="AI feature usage analytics", lifespan=lifespan)
 app.include_router(ingest.router)
 app.include_router(metrics.router)
 app.include_router(dashboard.router)
+app.include_router(page.router)
+page.mount_static(app)
 
 
 @app.get("/health")
@@ -52,7 +55,11 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "producer": asdict(get_tracker().stats())}
 
 
-@app.post("/api/ai-feature/{feature_name}")
+@app.post(
+    "/api/ai-feature/{feature_name}",
+    responses={404: {"description": "Unknown feature"},
+               502: {"description": "The AI provider failed (tracked as an error)"}, **BODY_UNREADABLE},  # fmt: skip
+)
 async def ai_feature(feature_name: str, request: FeatureRequest) -> dict[str, Any]:
     if feature_name not in FEATURES:
         raise HTTPException(404, f"unknown feature {feature_name!r}; known: {', '.join(FEATURES)}")

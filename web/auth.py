@@ -7,8 +7,11 @@ route). The tenant always comes from the key, never from the request body.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from storage.api_keys import KeyRejected, Principal, authenticate
 from web.db import sessions
@@ -17,6 +20,26 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key: `X-API-Key: ak_...`")
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
+
+
+class ErrorDetail(BaseModel):
+    """The body of a refusal: what was wrong, in words."""
+
+    detail: str
+
+
+# For the OpenAPI schema of routes behind ``principal``: what a refused key gets.
+KEY_REFUSED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "Missing, malformed, unknown or revoked API key"},
+}
+# For routes that read a JSON body: one that is not even text (not UTF-8) gets FastAPI's 400.
+BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "The body could not be read (not UTF-8 text)"},
+}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **KEY_REFUSED,
+    403: {"model": ErrorDetail, "description": "The key's scope does not cover this request"},
+}
 
 
 def principal(

@@ -12,24 +12,36 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
+from pydantic import BeforeValidator
 from sqlalchemy import Engine
 
 from config import get_settings
 from queries import rollups as q
 from schema.event import MAX_FEATURE_NAME_LEN, MAX_TENANT_ID_LEN
 from storage.db import make_engine
-from web.auth import readable_tenant
+from web.auth import AUTH_RESPONSES, readable_tenant
+from web.errors import invalid
 
 DEFAULT_WINDOW = timedelta(days=1)
 MAX_WINDOW = timedelta(days=400)
 MAX_TOP_USERS = 1000
 
+
+def _iso_8601(value: Any) -> Any:
+    """ISO 8601 text only, as the schema (``date-time``) says: pydantic alone would also read
+    a bare number as Unix seconds (``end=0.5`` was 1970; found by tests/test_openapi_contract.py)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
 # Every route is scoped to the path's tenant, which the API key must be allowed to read.
 router = APIRouter(
-    prefix="/api/tenants/{tenant_id}", tags=["dashboard"], dependencies=[Depends(readable_tenant)]
+    prefix="/api/tenants/{tenant_id}", tags=["dashboard"], dependencies=[Depends(readable_tenant)],
+    responses=AUTH_RESPONSES,
 )
 
 
@@ -42,16 +54,17 @@ def engine() -> Engine:
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     end = end or datetime.now(timezone.utc)
     start = start or end - DEFAULT_WINDOW
-    if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(422, "start and end need a UTC offset (e.g. 2026-11-01T00:00:00Z)")
+    for name, moment in (("start", start), ("end", end)):
+        if moment.tzinfo is None:
+            raise invalid("query", name, "start and end need a UTC offset (e.g. 2026-11-01T00:00:00Z)", moment)
     if not start < end or end - start > MAX_WINDOW:
-        raise HTTPException(422, f"need start < end and a range of at most {MAX_WINDOW.days} days")
+        raise invalid("query", "end", f"need start < end and a range of at most {MAX_WINDOW.days} days", end)
     return start, end
 
 
 def _tenant(tenant_id: str) -> str:
     if not 0 < len(tenant_id) <= MAX_TENANT_ID_LEN:
-        raise HTTPException(422, f"tenant_id must be 1..{MAX_TENANT_ID_LEN} characters")
+        raise invalid("path", "tenant_id", f"tenant_id must be 1..{MAX_TENANT_ID_LEN} characters", tenant_id)
     return tenant_id
 
 
@@ -63,7 +76,7 @@ FeatureParam = Query(None, max_length=MAX_FEATURE_NAME_LEN)
 
 
 @router.get("/summary")
-def summary(tenant_id: str, start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+def summary(tenant_id: str, start: IsoDateTime | None = None, end: IsoDateTime | None = None) -> dict[str, Any]:
     start, end = _range(start, end)
     with q.snapshot(engine()) as conn:
         rows = q.feature_summary(conn, _tenant(tenant_id), start, end)
@@ -73,7 +86,7 @@ def summary(tenant_id: str, start: datetime | None = None, end: datetime | None 
 
 @router.get("/series")
 def series(
-    tenant_id: str, start: datetime | None = None, end: datetime | None = None,
+    tenant_id: str, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
     granularity: q.Granularity = "hour", feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     start, end = _range(start, end)
@@ -85,7 +98,7 @@ def series(
 
 @router.get("/top-users")
 def top_users(
-    tenant_id: str, start: datetime | None = None, end: datetime | None = None,
+    tenant_id: str, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
     limit: int = Query(q.DEFAULT_TOP_USERS, ge=1, le=MAX_TOP_USERS), feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     start, end = _range(start, end)
@@ -96,7 +109,7 @@ def top_users(
 
 
 @router.get("/error-rates")
-def error_rates(tenant_id: str, start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+def error_rates(tenant_id: str, start: IsoDateTime | None = None, end: IsoDateTime | None = None) -> dict[str, Any]:
     start, end = _range(start, end)
     with q.snapshot(engine()) as conn:
         rates = q.error_rate_by_feature(conn, _tenant(tenant_id), start, end)
@@ -106,7 +119,7 @@ def error_rates(tenant_id: str, start: datetime | None = None, end: datetime | N
 
 @router.get("/active-users")
 def active_users(
-    tenant_id: str, start: datetime | None = None, end: datetime | None = None,
+    tenant_id: str, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
     feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     start, end = _range(start, end)

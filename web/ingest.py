@@ -23,7 +23,8 @@ from producer import get_tracker
 from producer.ids import uuid7_hex_batch
 from schema.event import timestamp_to_us
 from storage.api_keys import Principal
-from web.auth import tenant_principal
+from web.auth import AUTH_RESPONSES, BODY_UNREADABLE, ErrorDetail, tenant_principal
+from web.errors import invalid
 from web.metrics import HTTP_EVENTS
 
 router = APIRouter(tags=["ingest"])
@@ -40,6 +41,8 @@ class EventBatch(BaseModel):
         description="Usage events: feature_name, user_id (required); input_tokens, output_tokens,"
         " tokens_used, latency_ms, status ('success'|'error'), model, error_type, timestamp"
         " (ISO 8601 with offset), event_id (UUID) (optional). No tenant_id: it is the key's.",
+        # Published in the schema; enforced by the handler, which names the problem in its own words.
+        json_schema_extra={"minItems": 1},
     )
 
 
@@ -90,13 +93,14 @@ def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, d
     status_code=202,
     response_model=IngestResult,
     responses={207: {"model": IngestResult, "description": "Some events rejected; see results"},
-               413: {"description": "Too many events or too large a body"}},  # fmt: skip
+               413: {"model": ErrorDetail, "description": "Too many events or too large a body"},
+               **AUTH_RESPONSES, **BODY_UNREADABLE},  # fmt: skip
     dependencies=[Depends(_body_not_too_large)],
 )
 def ingest_events(batch: EventBatch, response: Response, who: Principal = Depends(tenant_principal)) -> IngestResult:
     limit = get_settings().http_max_batch_events
     if not batch.events:
-        raise HTTPException(422, "events must hold at least one event")
+        raise invalid("body", "events", "events must hold at least one event", batch.events)
     if len(batch.events) > limit:
         raise HTTPException(413, f"{len(batch.events)} events in one batch; the limit is {limit}")
     assert who.tenant_id is not None  # tenant_principal guarantees it
@@ -106,7 +110,9 @@ def ingest_events(batch: EventBatch, response: Response, who: Principal = Depend
         try:
             event_id, timestamp = _track(who.tenant_id, event, fresh_id)
         except (ValueError, TypeError) as exc:
-            results.append(EventResult(index=index, status="rejected", event_id=event.get("event_id"), error=str(exc)))
+            echoed = event.get("event_id")  # echoed only if it is a string: a number here made the batch a 500
+            results.append(EventResult(index=index, status="rejected", event_id=echoed if isinstance(echoed, str) else None,
+                                       error=str(exc)))  # fmt: skip
         else:
             results.append(EventResult(index=index, status="accepted", event_id=event_id, timestamp=timestamp))
     accepted = sum(r.status == "accepted" for r in results)

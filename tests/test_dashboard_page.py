@@ -1,0 +1,304 @@
+"""The dashboard page in a real browser (headless Chromium through Selenium), on real data.
+
+Events go the whole way: ``POST /v1/events`` to a uvicorn subprocess, the
+producer, RabbitMQ (a private queue), a real Celery worker, PostgreSQL, then
+a rollup run (``python -m cli rollups run``). The browser opens the page that
+same server serves, types a tenant key, and the test reads back what a person
+would see: the charts Chart.js drew and the summary table, whose figures must
+be what was sent. The browser console must stay free of errors (a CSP
+violation, a failed request, a script error) and every resource must come from
+the server itself. Screenshots land in the test's directory and in
+``test-output/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kombu import Connection
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from storage.api_keys import create_key
+from tests.web_server import Server, uvicorn_server
+from tests.workers import REPO_ROOT, celery_worker, describe, wait_for
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1400,1500",
+)  # fmt: skip
+SCREENSHOT_DIR = REPO_ROOT / "test-output"
+PAGE_TIMEOUT_S = 30.0
+STORE_TIMEOUT_S = 60.0
+# What the test tenant sends in the last 24 hours: calls per feature, every ERROR_EVERY-th one failing.
+CALLS_PER_FEATURE = {"summarization": 12, "smart_search": 7, "forecasting": 3}
+ERROR_EVERY = 4
+SPREAD_HOURS = 6  # the recent events are spread over this many hours
+OLD_EVENT_AGE = timedelta(days=3)  # one more event, inside 7 days but outside 24 hours
+OLD_EVENT_FEATURE = "smart_search"
+OTHER_TENANT_CALLS = 5  # another tenant's events, which the page must never show
+
+
+@dataclass
+class Seeded:
+    """The data behind the page: the tenant, its key and what was sent."""
+
+    tenant: str
+    key: str
+    recent: Counter[str]
+    old: Counter[str]
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _event(feature: str, index: int, moment: datetime) -> dict[str, Any]:
+    failed = index % ERROR_EVERY == ERROR_EVERY - 1
+    event: dict[str, Any] = {
+        "feature_name": feature, "user_id": f"user-{index % 3}", "model": "gpt-4o-mini",
+        "input_tokens": 10 + index, "output_tokens": 5 + index, "latency_ms": 100.0 + 25 * index,
+        "status": "error" if failed else "success", "timestamp": moment.isoformat(),
+    }  # fmt: skip
+    if failed:
+        event["error_type"] = "timeout"
+    return event
+
+
+def _recent_events(now: datetime) -> list[dict[str, Any]]:
+    events = []
+    for feature, calls in CALLS_PER_FEATURE.items():
+        for index in range(calls):
+            moment = now - timedelta(hours=index % SPREAD_HOURS, minutes=5 + index)
+            events.append(_event(feature, index, moment))
+    return events
+
+
+def _post(server: Server, key: str, events: list[dict[str, Any]]) -> None:
+    response = httpx.post(f"{server.url}/v1/events", json={"events": events},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)  # fmt: skip
+    assert response.status_code == httpx.codes.ACCEPTED, response.text
+    assert response.json()["accepted"] == len(events)
+
+
+def _stored(engine: Engine, tenant: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
+
+
+def _delete_queue(name: str) -> None:
+    with Connection(RABBITMQ) as conn:
+        conn.default_channel.queue_delete(name)
+
+
+@pytest.fixture(scope="module")
+def seeded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """A tenant with events stored through the whole pipeline and rolled up; its key."""
+    log_dir = tmp_path_factory.mktemp("dashboard")
+    suffix = uuid.uuid4().hex[:8]
+    tenant, other_tenant = f"dash-{suffix}", f"dash-other-{suffix}"
+    with Session(engine) as session, session.begin():
+        _, key = create_key(session, name="dashboard test", tenant_id=tenant)
+        _, other_key = create_key(session, name="dashboard test, other", tenant_id=other_tenant)
+    queue = f"ingest-dashboard-{suffix}"
+    env = {"INGEST_QUEUE": queue, "CELERY_BROKER_URL": RABBITMQ, "PRODUCER_SPOOL_DIR": str(log_dir / "spool")}
+    now = datetime.now(timezone.utc)
+    recent = _recent_events(now)
+    old = [_event(OLD_EVENT_FEATURE, 0, now - OLD_EVENT_AGE)]
+    others = [_event("summarization", i, now - timedelta(minutes=i)) for i in range(OTHER_TENANT_CALLS)]
+    try:
+        with celery_worker(RABBITMQ, queue, log_dir=log_dir, stop_timeout=2) as worker, \
+                uvicorn_server(log_dir, env) as server:  # fmt: skip
+            _post(server, key, recent + old)
+            _post(server, other_key, others)
+            sent = len(recent) + len(old)
+            wait_for(lambda: _stored(engine, tenant) == sent and _stored(engine, other_tenant) == len(others),
+                     STORE_TIMEOUT_S, lambda: describe(worker, stored=_stored(engine, tenant), sent=sent))  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "cli", "rollups", "run"], cwd=REPO_ROOT, env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield Seeded(tenant, key, Counter(e["feature_name"] for e in recent), Counter(e["feature_name"] for e in old),
+                     log_dir, env)  # fmt: skip
+    finally:
+        _delete_queue(queue)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with a fresh profile; console messages kept for the test to read."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium chromium-driver "
+                    "(scripts/browser does it)")  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_ready(driver: webdriver.Chrome) -> None:
+    def state() -> bool:
+        current = driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        if current == "error":
+            raise AssertionError(f"the page reports: {driver.find_element(By.ID, 'status').text}")
+        return current == "ready"
+
+    WebDriverWait(driver, PAGE_TIMEOUT_S).until(lambda _: state(), "the dashboard never finished loading")
+
+
+def _refresh_with(driver: webdriver.Chrome, action: Any) -> None:
+    """Do what makes the page load again, and wait for that load (not the previous one) to finish."""
+    driver.execute_script("document.body.dataset.state = 'stale'")
+    action()
+    _wait_ready(driver)
+
+
+def _table(driver: webdriver.Chrome) -> dict[str, dict[str, str]]:
+    """The summary table: feature -> field -> (raw value, shown text), plus the totals row under 'Total'."""
+    rows = {}
+    for row in driver.find_elements(By.CSS_SELECTOR, "#summary-rows tr[data-feature]"):
+        rows[row.get_attribute("data-feature")] = _cells(row)
+    rows["Total"] = _cells(driver.find_element(By.ID, "total-row"))
+    return rows
+
+
+def _cells(row: Any) -> dict[str, str]:
+    cells = {}
+    for cell in row.find_elements(By.CSS_SELECTOR, "td[data-field]"):
+        cells[cell.get_attribute("data-field")] = cell.get_attribute("data-value")
+        cells[cell.get_attribute("data-field") + ".text"] = cell.text
+    return cells
+
+
+def _calls(table: dict[str, dict[str, str]]) -> dict[str, int]:
+    return {feature: int(cells["calls"]) for feature, cells in table.items() if feature != "Total"}
+
+
+def _console_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def _foreign_resources(driver: webdriver.Chrome, origin: str) -> list[str]:
+    names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    return [name for name in names if not name.startswith(origin + "/")]
+
+
+def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)), "no screenshot"
+    SCREENSHOT_DIR.mkdir(exist_ok=True)
+    shutil.copy(path, SCREENSHOT_DIR / name)
+    return path
+
+
+def test_dashboard_shows_what_was_sent(seeded: Seeded, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    with uvicorn_server(tmp_path, seeded.extra_env) as server:
+        browser.get(server.url + "/")  # redirects to the page
+        assert browser.current_url == server.url + "/dashboard"
+        browser.find_element(By.ID, "api-key").send_keys(seeded.key)
+        _refresh_with(browser, browser.find_element(By.ID, "show").click)
+
+        # The tenant comes from the key; the page asked /api/me.
+        assert browser.find_element(By.ID, "tenant").get_attribute("value") == seeded.tenant
+
+        # The table: calls per feature and in total, as sent (the 3-day-old event and the other tenant's left out).
+        table = _table(browser)
+        assert _calls(table) == seeded.recent, table
+        total = sum(seeded.recent.values())
+        assert int(table["Total"]["calls"]) == total
+        assert table["Total"]["calls.text"] == f"{total:,}"
+        errors = sum(sum(i % ERROR_EVERY == ERROR_EVERY - 1 for i in range(n)) for n in seeded.recent.values())
+        assert int(table["Total"]["errors"]) == errors
+        for feature, calls in seeded.recent.items():
+            assert table[feature]["calls.text"] == str(calls)
+            assert int(table[feature]["tokens_used"]) == sum(15 + 2 * i for i in range(calls))
+
+        # The charts: four Chart.js instances on four canvases, a line per feature, summing to the table.
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "4"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 4
+        drawn = browser.execute_script(
+            "return Object.values(Chart.instances).map(c => ({canvas: c.canvas.id,"
+            " lines: c.data.datasets.map(d => [d.label, d.data.reduce((s, v) => s + (v || 0), 0)])}))"
+        )
+        assert sorted(chart["canvas"] for chart in drawn) == ["chart-calls", "chart-error-rate", "chart-p95",
+                                                              "chart-tokens"]  # fmt: skip
+        calls_chart = next(chart for chart in drawn if chart["canvas"] == "chart-calls")
+        assert dict(calls_chart["lines"]) == seeded.recent
+        for chart in drawn:
+            assert sorted(label for label, _ in chart["lines"]) == sorted(seeded.recent), chart
+            if chart["canvas"] != "chart-error-rate":  # a feature may have no errors at all
+                assert all(value > 0 for _, value in chart["lines"]), chart
+        assert browser.find_element(By.ID, "charts-unavailable").is_displayed() is False
+        _screenshot(browser, tmp_path, "dashboard.png")
+
+        # A longer range takes in the 3-day-old event.
+        _refresh_with(browser, lambda: Select(browser.find_element(By.ID, "range")).select_by_value("7d"))
+        assert _calls(_table(browser)) == seeded.recent + seeded.old
+
+        # The key is kept: a reload loads the dashboard without typing it again.
+        _refresh_with(browser, browser.refresh)
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == seeded.key
+        assert _calls(_table(browser)) == seeded.recent + seeded.old  # the chosen range is kept too
+
+        assert _console_errors(browser) == []
+        assert _foreign_resources(browser, server.url) == []
+
+
+def test_dashboard_without_the_chart_library_shows_the_table(
+    seeded: Seeded, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """npm unavailable at setup: no charts, a notice saying so, and the table still right."""
+    env = {**seeded.extra_env, "DASHBOARD_VENDOR_DIR": str(tmp_path / "no-chart-js")}
+    with uvicorn_server(tmp_path, env) as server:
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(seeded.key)
+        _refresh_with(browser, browser.find_element(By.ID, "show").click)
+        assert browser.find_element(By.ID, "charts-unavailable").is_displayed()
+        assert not browser.find_element(By.ID, "charts").is_displayed()
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "unavailable"
+        assert browser.execute_script("return typeof window.Chart") == "undefined"
+        assert _calls(_table(browser)) == seeded.recent
+        _screenshot(browser, tmp_path, "dashboard-no-charts.png")
+        assert _console_errors(browser) == []
+
+
+def test_dashboard_says_when_the_key_is_refused(seeded: Seeded, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    with uvicorn_server(tmp_path, seeded.extra_env) as server:
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys("ak_0123456789ab_not-a-real-secret")
+        browser.execute_script("document.body.dataset.state = 'stale'")
+        browser.find_element(By.ID, "show").click()
+        WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error"
+        )
+        assert "refused" in browser.find_element(By.ID, "status").text
+        assert browser.find_elements(By.CSS_SELECTOR, "#summary-rows tr[data-feature]") == []
+        # The only console error is the refused request itself.
+        errors = _console_errors(browser)
+        assert errors and all("401" in entry["message"] for entry in errors), errors

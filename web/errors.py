@@ -1,0 +1,21 @@
+"""422 answers from handler code in the same shape as FastAPI's own (the documented one).
+
+FastAPI documents every 422 as ``HTTPValidationError`` (``detail``: a list of
+``{loc, msg, type}``); ``HTTPException(422, "text")`` would answer a bare
+string instead and break the published contract (tests/test_openapi_contract.py
+found it). Checks that need more than one parameter, or the database, raise
+``invalid(...)`` so clients parse one shape whatever refused their request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+
+INVALID_VALUE = "value_error"
+
+
+def invalid(location: str, name: str, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 naming the offending parameter: ``location`` is ``query``, ``path`` or ``body``."""
+    return RequestValidationError([{"type": INVALID_VALUE, "loc": (location, name), "msg": message, "input": value}])
