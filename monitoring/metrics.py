@@ -11,11 +11,21 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+TRANSACTION_MESSAGES_BUCKETS = (1, 2, 5, 10, 50, 100, 250, 500, 1000, 2000)
 
 EVENTS_STORED = Counter("analytics_events_stored", "Events committed to analytics_events.")
 EVENTS_DUPLICATE = Counter("analytics_events_duplicate", "Redelivered events dropped because already stored.")
 EVENTS_DEAD_LETTERED = Counter("analytics_events_dead_lettered", "Events or messages written to dead_letters.")
-BATCH_SIZE = Histogram("analytics_ingest_batch_events", "Events per ingest message.", buckets=BATCH_SIZE_BUCKETS)
+BATCH_SIZE = Histogram(
+    "analytics_ingest_batch_events",
+    "Events per ingest transaction (one broker message with the Celery task, one flush with the aggregator).",
+    buckets=BATCH_SIZE_BUCKETS,
+)
+TRANSACTION_MESSAGES = Histogram(
+    "analytics_ingest_transaction_messages",
+    "Broker messages committed per ingest transaction by the aggregator (INGEST_MODE=aggregate).",
+    buckets=TRANSACTION_MESSAGES_BUCKETS,
+)
 INGEST_LAG = Gauge(
     "analytics_ingest_lag_seconds",
     "Age of the oldest event of the last committed batch, at its commit: how far storage runs behind track().",
@@ -30,3 +40,7 @@ def batch_committed(events: int, stored: int, duplicates: int, dead_lettered: in
     EVENTS_DEAD_LETTERED.inc(dead_lettered)
     if oldest_age_s is not None:
         INGEST_LAG.set(oldest_age_s)
+
+
+def transaction_messages(messages: int) -> None:
+    TRANSACTION_MESSAGES.observe(messages)
