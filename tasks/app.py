@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import beat_init
 
 TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
+ENSURE_PARTITIONS_TASK = "partitions.ensure_ahead"
 
 
 def create_app() -> Celery:
@@ -14,3 +18,10 @@ def create_app() -> Celery:
 
 
 app = create_app()
+
+
+@beat_init.connect
+def ensure_partitions_at_beat_start(sender: Any, **_: Any) -> None:
+    """Beat runs an interval entry one interval after it starts; the months
+    ahead should not wait that long (the task is idempotent and locked)."""
+    app.send_task(ENSURE_PARTITIONS_TASK)

@@ -143,3 +143,41 @@ def test_beat_schedule_survives_a_restart(tmp_path: Path) -> None:
     assert entry.last_run_at == ran_at
     assert not due
     assert next_check_s <= celeryconfig.PARTITION_ENSURE_EVERY.total_seconds() * 0.25 + 1
+
+
+BEAT_START_TIMEOUT_S = 30
+
+
+def test_beat_sends_ensure_ahead_as_soon_as_it_starts(tmp_path: Path) -> None:
+    """Without this, a fresh beat would wait one PARTITION_ENSURE_EVERY for its first run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    from tests.servers import PrivateRedis
+    from tests.workers import REPO_ROOT
+
+    broker = PrivateRedis(tmp_path / "redis")
+    broker.start()
+    env = dict(os.environ, CELERY_BROKER_URL=broker.url)
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--schedule", str(tmp_path / "schedule")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis.from_url(broker.url)
+    try:
+        deadline = time.monotonic() + BEAT_START_TIMEOUT_S
+        sent: list[str] = []
+        while not sent and time.monotonic() < deadline:
+            sent = [json.loads(raw)["headers"]["task"] for raw in client.lrange(celeryconfig.MAINTENANCE_QUEUE, 0, -1)]
+            time.sleep(0.2)
+        assert sent == ["partitions.ensure_ahead"]
+    finally:
+        beat.terminate()
+        beat.wait(10)
+        client.close()
+        broker.stop()
