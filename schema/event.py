@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from typing import Any, Final
 
 WIRE_VERSION: Final = 1
@@ -143,25 +145,55 @@ def parse_wire_row(fields: tuple[str, ...] | list[str], row: object) -> dict[str
     """Check one wire row and return the column mapping for the events table.
 
     Every contract breach, type errors included, comes out as InvalidEvent so
-    that the worker can dead-letter the row with its reason.
+    that the worker can dead-letter the row with its reason. For many rows of
+    one message, ``wire_row_parser(fields)`` looks the field positions up once.
     """
-    try:
-        return _parse_wire_row(fields, row)
-    except TypeError as exc:
-        raise InvalidEvent(str(exc)) from None
+    return wire_row_parser(fields)(row)
 
 
-def _parse_wire_row(fields: tuple[str, ...] | list[str], row: object) -> dict[str, Any]:
-    if not isinstance(row, list) or len(row) != len(fields):
-        raise InvalidEvent(f"row must be a list of {len(fields)} values")
-    raw = dict(zip(fields, row))
+def wire_row_parser(fields: tuple[str, ...] | list[str]) -> Callable[[object], dict[str, Any]]:
+    """``parse_wire_row`` bound to one field order (a message's ``fields``).
+
+    The values are picked by position (no per-row dict of the raw values), in
+    ``WIRE_FIELDS`` order; ``fields`` must name every wire field.
+    """
+    width = len(fields)
+    names = list(fields)
+    pick = itemgetter(*(names.index(name) for name in WIRE_FIELDS))
+
+    def parse(row: object) -> dict[str, Any]:
+        try:
+            return _parse_wire_values(row, width, pick)
+        except TypeError as exc:
+            raise InvalidEvent(str(exc)) from None
+
+    return parse
+
+
+def _parse_wire_values(row: object, width: int, pick: itemgetter) -> dict[str, Any]:
+    if not isinstance(row, list) or len(row) != width:
+        raise InvalidEvent(f"row must be a list of {width} values")
+    # The order of WIRE_FIELDS.
+    (
+        event_id_hex,
+        tenant_id,
+        feature_name,
+        user_id,
+        model,
+        input_tokens,
+        output_tokens,
+        tokens_used,
+        latency_ms,
+        status,
+        error_type,
+        ts_us,
+    ) = pick(row)
     try:
-        event_id = uuid.UUID(hex=raw["event_id"])
+        event_id = uuid.UUID(hex=event_id_hex)
     except (TypeError, ValueError, AttributeError):
-        raise InvalidEvent(f"event_id must be a UUID string, got {raw['event_id']!r}") from None
-    input_tokens = check_count("input_tokens", raw["input_tokens"])
-    output_tokens = check_count("output_tokens", raw["output_tokens"])
-    ts_us = raw["timestamp_us"]
+        raise InvalidEvent(f"event_id must be a UUID string, got {event_id_hex!r}") from None
+    input_tokens = check_count("input_tokens", input_tokens)
+    output_tokens = check_count("output_tokens", output_tokens)
     if type(ts_us) is not int:
         raise TypeError(f"timestamp_us must be an integer, got {type(ts_us).__name__}")
     try:
@@ -170,15 +202,15 @@ def _parse_wire_row(fields: tuple[str, ...] | list[str], row: object) -> dict[st
         raise InvalidEvent(f"timestamp_us {ts_us} is out of range") from None
     return {
         "event_id": event_id,
-        "tenant_id": check_str("tenant_id", raw["tenant_id"], MAX_TENANT_ID_LEN),
-        "feature_name": check_str("feature_name", raw["feature_name"], MAX_FEATURE_NAME_LEN),
-        "user_id": check_str("user_id", raw["user_id"], MAX_USER_ID_LEN),
-        "model": check_str("model", raw["model"], MAX_MODEL_LEN, optional=True),
+        "tenant_id": check_str("tenant_id", tenant_id, MAX_TENANT_ID_LEN),
+        "feature_name": check_str("feature_name", feature_name, MAX_FEATURE_NAME_LEN),
+        "user_id": check_str("user_id", user_id, MAX_USER_ID_LEN),
+        "model": check_str("model", model, MAX_MODEL_LEN, optional=True),
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "tokens_used": check_tokens_used(raw["tokens_used"], input_tokens, output_tokens),
-        "latency_ms": check_latency(raw["latency_ms"]),
-        "status": check_status(raw["status"]),
-        "error_type": check_str("error_type", raw["error_type"], MAX_ERROR_TYPE_LEN, optional=True),
+        "tokens_used": check_tokens_used(tokens_used, input_tokens, output_tokens),
+        "latency_ms": check_latency(latency_ms),
+        "status": check_status(status),
+        "error_type": check_str("error_type", error_type, MAX_ERROR_TYPE_LEN, optional=True),
         "timestamp": timestamp,
     }

@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, parse_wire_row
+from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, wire_row_parser
+
+
+class WirePayload(Mapping[str, Any]):
+    """The raw payload of a valid row, ``{field: value}`` of its wire row, built on demand.
+
+    A valid row needs it only if it is dead-lettered later (outside the accepted
+    window, or refused by the database), so decoding keeps the row and its
+    message's field names and builds the dict only then: ``plain_payload``
+    gives exactly the ``dict(zip(fields, row))`` an invalid row is recorded with.
+    """
+
+    __slots__ = ("_fields", "_row")
+
+    def __init__(self, fields: list[str], row: list[Any]) -> None:
+        self._fields = fields
+        self._row = row
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self._row))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return repr(self.as_dict())
+
+
+def plain_payload(payload: Any) -> Any:
+    """What a dead letter records for a row's payload: a WirePayload becomes its dict."""
+    return payload.as_dict() if type(payload) is WirePayload else payload
 
 
 @dataclass
 class DecodedBatch:
-    # (column mapping, raw payload) per valid event
+    # (column mapping, raw payload) per valid event; the payload is a WirePayload
+    # (a read-only mapping: pass it through plain_payload before recording it)
     rows: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
     # (raw payload, reason) per event or message that breaks the contract
     invalid: list[tuple[Any, str]] = field(default_factory=list)
@@ -35,10 +73,11 @@ def decode_message(message: object) -> DecodedBatch:
     ):
         batch.invalid.append((message, f"message must carry 'rows' and 'fields' = {list(WIRE_FIELDS)}"))
         return batch
+    parse = wire_row_parser(fields)
+    valid = batch.rows.append
     for row in rows:
-        payload = dict(zip(fields, row)) if isinstance(row, list) else row
         try:
-            batch.rows.append((parse_wire_row(fields, row), payload))
+            valid((parse(row), WirePayload(fields, row)))
         except InvalidEvent as exc:
-            batch.invalid.append((payload, str(exc)))
+            batch.invalid.append((dict(zip(fields, row)) if isinstance(row, list) else row, str(exc)))
     return batch

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from models import AnalyticsEvent
+from schema.message import plain_payload
 from storage.dead_letters import Rejected
 from storage.partitions import (
     AcceptWindow,
@@ -55,7 +56,8 @@ from storage.partitions import (
 from storage.rollups import discard_batch, open_batch
 from storage.writers import WRITERS, Writer
 
-# A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with.
+# A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with
+# (a dict, or schema.message's WirePayload that builds it only if the row is refused).
 Row = tuple[dict[str, Any], Any]
 Key = tuple[UUID, datetime]
 
@@ -106,7 +108,7 @@ def _inside(window: AcceptWindow, rows: list[Row], rejected: list[Rejected]) -> 
         if refusal is None:
             kept.append(row)
         else:
-            rejected.append(Rejected(payload=row[1], reason=refusal))
+            rejected.append(Rejected(payload=plain_payload(row[1]), reason=refusal))
     return kept
 
 
@@ -160,7 +162,7 @@ def store_batch(
         except DataError as exc:
             failure = exc
         if len(chunk) == 1:
-            result.rejected.append(Rejected(payload=chunk[0][1], reason=_reason(failure)))
+            result.rejected.append(Rejected(payload=plain_payload(chunk[0][1]), reason=_reason(failure)))
         else:
             middle = len(chunk) // 2
             pending.extend((chunk[middle:], chunk[:middle]))
