@@ -25,6 +25,7 @@ import httpx
 from sqlalchemy import Engine, bindparam, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from config import get_settings
@@ -33,6 +34,7 @@ from demo.processes import ROOT, Processes
 from demo.services import start_services
 from models import AnalyticsEvent
 from producer import Tracker
+from storage.api_keys import create_key
 from storage.migrate import DatabaseUnreachable, migrate
 from web.ai import FEATURES
 
@@ -45,6 +47,7 @@ ID_CHUNK = 10_000
 PROCESSES = ["web", "worker", "rollups", "beat", "flower"]
 METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
 DATA_DIR = ROOT / "var" / "embedded"
+DASHBOARD_KEY_FILE = ROOT / "var" / "demo-api-key"  # readable by its owner only; never printed
 
 
 class DemoError(Exception):
@@ -138,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         web = f"http://127.0.0.1:{web_port}"
         processes.wait_http(f"{web}/health")
         tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
+        dashboard_key(engine, tenants[0])
         print(f"demo: the web app answered {send_http_sample(web, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
 
         dead_before = dead_letter_count(engine)
@@ -153,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         rows, distinct = wait_stored(engine, ids, since)
         stored_s = time.monotonic() - started
         report(args.events, sent_s, rows, distinct, stored_s, dead_letter_count(engine) - dead_before,
-               per_feature(engine, ids), web, f"http://127.0.0.1:{flower_port}")  # fmt: skip
+               per_feature(engine, ids), web, f"http://127.0.0.1:{flower_port}", tenants[0])  # fmt: skip
         tracker.close()
         if args.keep_running:
             print("demo: everything keeps running; Ctrl-C stops it")
@@ -165,8 +169,19 @@ def run(args: argparse.Namespace) -> int:
         services.stop()
 
 
+def dashboard_key(engine: Engine, tenant: str) -> None:
+    """A fresh key of the demo's first tenant, for the dashboard page, kept in a file."""
+    with Session(engine) as session, session.begin():
+        _, key = create_key(session, name="demo dashboard", tenant_id=tenant)
+    DASHBOARD_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DASHBOARD_KEY_FILE.unlink(missing_ok=True)
+    fd = os.open(DASHBOARD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+
+
 def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, dead: int,
-           features: list[tuple], web: str, flower: str) -> None:  # fmt: skip
+           features: list[tuple], web: str, flower: str, dashboard_tenant: str) -> None:  # fmt: skip
     lost, duplicated = sent - distinct, rows - distinct
     print()
     print("=" * 66)
@@ -183,6 +198,8 @@ def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, 
         print(f"{feature:<22}{calls:>9,}{errors:>8,}{tokens:>14,}{int(avg_ms):>8}")
     print()
     print(f"web app            {web}   (API docs: {web}/docs)")
+    print(f"dashboard          {web}/dashboard   (tenant {dashboard_tenant}; its API key is in "
+          f"{DASHBOARD_KEY_FILE.relative_to(ROOT)})")
     print(f"Flower             {flower}")
     verdict = "every event stored exactly once" if lost == 0 and duplicated == 0 else "MISMATCH"
     print(f"result: {verdict}")
