@@ -29,6 +29,7 @@ from bench.ready import READY_FILE_ENV
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+PROCFILE_POOL = "threads"  # the Procfile's ingest worker (WORKER_POOL)
 
 
 # --- environment ---------------------------------------------------------------
@@ -336,8 +337,10 @@ class RowMonitor(threading.Thread):
 class Worker:
     """One ``celery worker`` subprocess in its own process group."""
 
-    def __init__(self, env: BenchEnv, app: str, queue: str, concurrency: int, name: str) -> None:
+    def __init__(self, env: BenchEnv, app: str, queue: str, concurrency: int, name: str,
+                 pool: str = PROCFILE_POOL) -> None:  # fmt: skip
         self._env = env
+        self.pool = pool
         self.app = app
         self.queue = queue
         self.concurrency = concurrency
@@ -351,7 +354,7 @@ class Worker:
             sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-Q", self.queue,
             "-c", str(self.concurrency),
-            "-P", "prefork",
+            "-P", self.pool,
             "-n", f"{self.name}-{self._env.run_id}@%h",
             "-l", "WARNING",
             "--include", "bench.ready",

@@ -83,7 +83,7 @@ BACKPRESSURE_SLEEP_S = 0.002
 
 FULL = {"events": 200_000, "naive": 5_000, "per_event": 10_000}
 QUICK = {"events": 20_000, "naive": 1_000, "per_event": 2_000}
-DEFAULT_CONCURRENCY = 2
+DEFAULT_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY
 
 
 # --- workload --------------------------------------------------------------------
@@ -213,7 +213,8 @@ def run_per_event(
     harness.truncate_events(engine)
     result = PhaseResult("per_event_celery", n)
     durations = array("q", bytes(8 * n))
-    with Worker(env, "bench.per_event", env.per_event_queue, concurrency, "per-event") as worker:
+    # The seed's setup: Celery's default pool.
+    with Worker(env, "bench.per_event", env.per_event_queue, concurrency, "per-event", pool="prefork") as worker:
         published = [0]
         cpu_start = harness.cpu_snapshot()
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, text
 
 from bench import harness
+from bench.harness import PROCFILE_POOL
 
 if TYPE_CHECKING:
     from bench.suite import SuiteResult
@@ -236,7 +237,8 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     add("")
     kind = "quick smoke run (`--quick`): small sizes, figures not comparable" if suite.quick else "full run"
     add(f"- run: {kind}, {suite.started:%Y-%m-%d %H:%M} UTC, {suite.runtime_s / 60:.1f} min;"
-        f" worker pool `-c {suite.concurrency}` (prefork) in every phase")
+        f" ingest worker `-P {PROCFILE_POOL} -c {suite.concurrency}` as in the Procfile"
+        " (the per-event baseline: Celery's default prefork pool)")
     facts = suite.facts
     add(f"- machine: {facts.get('CPU', '?')}, {facts.get('cores', '?')} cores, {facts.get('RAM', '?')} RAM,"
         f" {facts.get('kernel', '?')}")
@@ -287,7 +289,7 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     if backlog is not None:
         add(f"- **worker_rss_mb**: {backlog.events:,} events published with no consumer, then the worker started"
             f" (writer `{backlog.writer}`); peak of the RSS summed over its process tree (main process and pool"
-            " children, shared pages counted in each), sampled every 0.1 s with psutil until every row was stored.")
+            " children if any, shared pages counted in each), sampled every 0.1 s with psutil until every row was stored.")
     add("- **track_us**: median of `perf_counter_ns` around each `track()` call of the copy pipeline run"
         " (so under contention with the publishing thread).")
     add("")

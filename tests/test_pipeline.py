@@ -32,7 +32,7 @@ from producer import Tracker
 from producer.ids import uuid7_hex_batch
 from producer.publisher import BatchPublisher
 from schema.event import WIRE_FIELDS, WIRE_VERSION, timestamp_to_us
-from tests.workers import Worker, celery_worker, describe, wait_for
+from tests.workers import PROCFILE_POOL, Worker, celery_worker, describe, wait_for
 
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # A database number of its own: Redis keeps kombu's unacked index per database,
@@ -107,10 +107,10 @@ def start_worker(broker_url: str, queue: str, database_url: str, tmp_path: Path)
     """Start a worker for this test's broker and queue; all are stopped at teardown."""
     with ExitStack() as stack:
 
-        def start(concurrency: int = 1) -> Worker:
+        def start(concurrency: int = 1, pool: str = PROCFILE_POOL) -> Worker:
             return stack.enter_context(
                 celery_worker(
-                    broker_url, queue, log_dir=tmp_path, concurrency=concurrency, env=WORKER_ENV,
+                    broker_url, queue, log_dir=tmp_path, concurrency=concurrency, env=WORKER_ENV, pool=pool,
                     stop_timeout=1.0,  # every test has checked its outcome before teardown
                 )  # fmt: skip
             )
@@ -365,15 +365,16 @@ def _publish_and_block(
     return release, KILL_BATCHES * KILL_BATCH_SIZE
 
 
+@pytest.mark.parametrize("pool_kind", [PROCFILE_POOL, "prefork"])
 def test_worker_killed_mid_batch_loses_nothing(
-    start_worker: Callable[..., Worker], settings: Settings, engine: Engine, tenant: str
+    start_worker: Callable[..., Worker], settings: Settings, engine: Engine, tenant: str, pool_kind: str
 ) -> None:
-    first = start_worker()
+    first = start_worker(pool=pool_kind)
     with ExitStack() as lock:
         release, sent = _publish_and_block(settings, engine, first, tenant, lock)
         pool = first.pool_pids()
-        assert pool, describe(first, note="no pool child found")
-        first.kill_group(signal.SIGKILL)  # main process and pool children, mid-INSERT
+        assert pool or pool_kind != "prefork", describe(first, note="no pool child found")
+        first.kill_group(signal.SIGKILL)  # main process and pool children if any, mid-INSERT
         first.proc.wait(10)
         assert first.proc.returncode == -signal.SIGKILL
         wait_for(
@@ -387,7 +388,7 @@ def test_worker_killed_mid_batch_loses_nothing(
     wait_for(lambda: not worker_backends(engine, first), SETTLE_TIMEOUT_S, "killed worker's backend still there")
     assert count_events(engine, tenant) == (0, 0)
 
-    second = start_worker()
+    second = start_worker(pool=pool_kind)
     wait_for_events(engine, tenant, sent, REDELIVERY_TIMEOUT_S, second)
     wait_for(
         lambda: processed(second) >= sent,
@@ -403,7 +404,7 @@ def test_worker_killed_mid_batch_loses_nothing(
 def test_pool_child_killed_mid_batch_loses_nothing(
     start_worker: Callable[..., Worker], settings: Settings, engine: Engine, tenant: str
 ) -> None:
-    worker = start_worker()
+    worker = start_worker(pool="prefork")  # the pool Celery uses by default
     with ExitStack() as lock:
         release, sent = _publish_and_block(settings, engine, worker, tenant, lock)
         (child,) = worker.pool_pids()

@@ -164,6 +164,10 @@ def worker_env(broker_url: str, queue: str, app_name: str, extra: dict[str, str]
     return env
 
 
+# The Procfile's ingest worker: one process, a pool of threads (WORKER_POOL).
+PROCFILE_POOL = "threads"
+
+
 @contextmanager
 def celery_worker(
     broker_url: str,
@@ -171,6 +175,7 @@ def celery_worker(
     *,
     log_dir: Path,
     concurrency: int = 1,
+    pool: str = PROCFILE_POOL,
     env: dict[str, str] | None = None,
     ready_timeout: float = 30.0,
     stop_timeout: float = 10.0,
@@ -190,7 +195,7 @@ def celery_worker(
         "-Q", queue,
         "-n", f"{nodename}@%h",
         "-c", str(concurrency),
-        "-P", "prefork",
+        "-P", pool,
         "-l", "INFO",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip

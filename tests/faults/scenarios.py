@@ -32,7 +32,7 @@ from pathlib import Path
 from tests.faults import malformed
 from tests.faults.cluster import WORKER_SETTINGS, Cluster, Counts, count_log, open_write_transaction
 from tests.faults.netns import Host, namespaces_available
-from tests.workers import REPO_ROOT, Worker, wait_for
+from tests.workers import PROCFILE_POOL, REPO_ROOT, Worker, wait_for
 
 DEFAULT_RATE = 1500.0  # events per second
 DEFAULT_DURATION_S = 30.0
@@ -270,7 +270,7 @@ def netns_worker(host: Host, broker_url: str, queue: str, database_url: str, log
     log_path = log_dir / f"{nodename}.log"
     cmd = host.command([
         sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", queue, "-n", f"{nodename}@%h",
-        "-c", str(concurrency), "-P", "prefork", "-l", "INFO",
+        "-c", str(concurrency), "-P", PROCFILE_POOL, "-l", "INFO",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ])  # fmt: skip
     env = {**os.environ, **WORKER_SETTINGS, "CELERY_BROKER_URL": broker_url, "INGEST_QUEUE": queue,
