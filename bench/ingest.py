@@ -83,7 +83,8 @@ BACKPRESSURE_SLEEP_S = 0.002
 
 FULL = {"events": 200_000, "naive": 5_000, "per_event": 10_000}
 QUICK = {"events": 20_000, "naive": 1_000, "per_event": 2_000}
-DEFAULT_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY
+DEFAULT_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY (threads)
+PER_EVENT_CONCURRENCY = 2  # the seed's worker: Celery's default prefork pool, a process per core
 
 
 # --- workload --------------------------------------------------------------------
@@ -542,7 +543,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f" --quick: {QUICK['per_event']:,})")
     parser.add_argument("--quick", action="store_true", help="small smoke run for CI")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help=f"worker processes, pipeline and per-event worker (default {DEFAULT_CONCURRENCY})")
+                        help=f"pipeline worker pool size (default {DEFAULT_CONCURRENCY}; the per-event worker: {PER_EVENT_CONCURRENCY})")
     parser.add_argument("--writer", default=None,
                         help="INGEST_WRITER of the pipeline worker, if the project has that setting"
                              " (default: the environment's, else the project's default)")
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         if "naive" in args.phases:
             results["naive"] = run_naive(env, engine, args.naive_events, rng)
         if "per_event" in args.phases:
-            results["per_event_celery"] = run_per_event(env, engine, args.per_event_events, args.concurrency, rng)
+            results["per_event_celery"] = run_per_event(env, engine, args.per_event_events, PER_EVENT_CONCURRENCY, rng)
         if "pipeline" in args.phases:
             results["pipeline"] = run_pipeline(env, engine, args.events, args.concurrency, rng)
         failed = False

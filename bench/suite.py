@@ -38,11 +38,10 @@ from bench import harness
 from bench.backlog import BacklogResult, run_backlog
 from bench.ceiling import run_ceiling
 from bench.freshness import FreshnessResult, run_freshness
-from bench.ingest import PhaseResult, generate_events, run_naive, run_per_event, run_pipeline
+from bench.ingest import DEFAULT_CONCURRENCY, PER_EVENT_CONCURRENCY, PhaseResult, generate_events, run_naive, run_per_event, run_pipeline
 
 PHASES = ("naive", "per_event", "bulk", "copy", "ceiling", "freshness", "backlog")
 FRESHNESS_RATE_EPS = 5_000.0
-DEFAULT_CONCURRENCY = 2
 DEFAULT_DATABASE = "analytics_bench"
 FORBIDDEN_DATABASES = ("analytics", "postgres", "template0", "template1")
 FRESHNESS_WRITER = "copy"  # the writer the suite recommends; bulk's share is in the throughput phases
@@ -101,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database", default=DEFAULT_DATABASE,
                         help=f"bench database, dropped and recreated (default {DEFAULT_DATABASE})")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help=f"worker pool processes in every phase (default {DEFAULT_CONCURRENCY})")
+                        help=f"ingest worker pool size in every phase (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (the ceiling reuses the pipeline's events)")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the workloads")
@@ -132,7 +131,7 @@ def run_phases(args: argparse.Namespace, env: harness.BenchEnv, suite: SuiteResu
         if "naive" in args.phases:
             suite.phases["naive"] = run_naive(env, engine, sizes.naive, rng)
         if "per_event" in args.phases:
-            suite.phases["per_event"] = run_per_event(env, engine, sizes.per_event, args.concurrency, rng)
+            suite.phases["per_event"] = run_per_event(env, engine, sizes.per_event, PER_EVENT_CONCURRENCY, rng)
         events = generate_events(sizes.pipeline, rng)
         for writer in ("bulk", "copy"):
             if writer in args.phases:
