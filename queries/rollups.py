@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, text
 
 from storage.histogram import LatencyHistogram
+from storage.rollups import LATENCY_BUCKET_SQL  # rollup_latency_bucket, inlined: see there
 
 Granularity = Literal["hour", "day"]
 GRANULARITIES: tuple[Granularity, ...] = ("hour", "day")
@@ -170,7 +171,7 @@ TAIL_PART = f"""
 SELECT e.feature_name, date_trunc('hour', e.timestamp, 'UTC'),
        1, (e.status = 'error')::int, e.input_tokens, e.output_tokens, e.tokens_used,
        e.latency_ms, e.latency_ms, e.latency_ms,
-       ARRAY[rollup_latency_bucket(e.latency_ms)], ARRAY[1]
+       ARRAY[{LATENCY_BUCKET_SQL.format(latency="e.latency_ms")}], ARRAY[1]
 FROM analytics_events e WHERE {PENDING_ROWS}"""
 
 TOTALS = """
@@ -180,12 +181,20 @@ sum(tokens_used)::bigint AS tokens_used, sum(latency_sum)::bigint AS latency_sum
 min(latency_min) AS latency_min, max(latency_max) AS latency_max"""
 
 # {key} is "feature_name" or a date_trunc of "bucket": constants below.
+# The histograms are merged by one GROUP BY over every (key, bucket, count) of
+# every cell. The two unnests sit in the select list (a ProjectSet, zipped:
+# both arrays have the same length) rather than in FROM: a FROM-clause unnest
+# of two arrays is a Function Scan that first copies each row's elements into
+# a tuplestore, which made the merge twice as slow (30-day summary of one
+# tenant, ~1,500 cells and ~90k elements: ~50 ms -> ~25 ms).
 FIGURES_QUERY = """
 WITH cells AS MATERIALIZED ({cells}),
 totals AS (SELECT {key} AS key, {totals} FROM cells GROUP BY 1),
 per_bucket AS (
-    SELECT {key} AS key, h.latency_bucket, sum(h.n)::bigint AS n
-    FROM cells, unnest(latency_hist_buckets, latency_hist_counts) AS h(latency_bucket, n)
+    SELECT key, latency_bucket, sum(n)::bigint AS n
+    FROM (SELECT {key} AS key, unnest(latency_hist_buckets) AS latency_bucket,
+                 unnest(latency_hist_counts) AS n
+          FROM cells) AS h
     GROUP BY 1, 2),
 hists AS (
     SELECT key, array_agg(latency_bucket ORDER BY latency_bucket) AS hist_buckets,

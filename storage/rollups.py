@@ -138,13 +138,23 @@ RANGE_ROWS = (
     " AND NOT EXISTS (SELECT 1 FROM rollup_pending_batches p WHERE p.batch_id = e.batch_id)"
 )
 
+# The body of the SQL function rollup_latency_bucket (migration 0002), written
+# out: PostgreSQL does not inline that function (it is STRICT and a CASE is not),
+# so calling it cost a SQL-function call per event, 2.8 s of CPU per 1M rows;
+# the expression itself costs 0.15 s. Same expression, same float operations,
+# same buckets (tests compare both with storage.histogram.bucket_of).
+LATENCY_BUCKET_SQL = (
+    "CASE WHEN {latency} <= 0 THEN 0"
+    " ELSE 1 + ceil(ln({latency}::float8) / ln(1.02::float8 / 0.98::float8)) END::smallint"
+)
+
 # One scan, two hashed grouping sets; a column outside a row's set is NULL.
 # date_bin from a UTC midnight is plain arithmetic; date_trunc(.., 'UTC') goes
 # through the time zone machinery for every row (same result, slower).
 FILL_SCRATCH = """
 INSERT INTO rollup_scratch
 SELECT e.tenant_id, e.feature_name,
-       date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''), rollup_latency_bucket(e.latency_ms),
+       date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''), {bucket},
        date_bin('1 day', e.timestamp, {epoch}), e.user_id,
        count(*), count(*) FILTER (WHERE e.status = 'error'),
        sum(e.input_tokens), sum(e.output_tokens), sum(e.tokens_used),
@@ -152,8 +162,7 @@ SELECT e.tenant_id, e.feature_name,
 FROM analytics_events e
 WHERE {rows}
 GROUP BY GROUPING SETS (
-    (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''),
-     rollup_latency_bucket(e.latency_ms)),
+    (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''), {bucket}),
     (e.tenant_id, e.feature_name, date_bin('1 day', e.timestamp, {epoch}), e.user_id))
 """
 
@@ -246,7 +255,8 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     # of rows and picks sort-based grouping; hashing 1M rows is several times
     # faster than sorting them.
     conn.execute(text("SET LOCAL enable_sort = off"))
-    conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH)), params)
+    bucket = LATENCY_BUCKET_SQL.format(latency="e.latency_ms")
+    conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH, bucket=bucket)), params)
     conn.execute(text("SET LOCAL enable_sort = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [
