@@ -187,11 +187,24 @@ ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET
     latency_sum = r.latency_sum + EXCLUDED.latency_sum,
     latency_min = least(r.latency_min, EXCLUDED.latency_min),
     latency_max = greatest(r.latency_max, EXCLUDED.latency_max),
-    (latency_hist_buckets, latency_hist_counts) = (
-        SELECT m.buckets, m.counts FROM rollup_hist_merge(
-            r.latency_hist_buckets, r.latency_hist_counts,
-            EXCLUDED.latency_hist_buckets, EXCLUDED.latency_hist_counts) AS m)
+    latency_hist_buckets = CASE WHEN {one_known_bucket} THEN r.latency_hist_buckets
+        ELSE (SELECT m.buckets FROM {merge} AS m) END,
+    latency_hist_counts = CASE WHEN {one_known_bucket}
+        THEN r.latency_hist_counts[1:{position} - 1]
+             || (r.latency_hist_counts[{position}] + EXCLUDED.latency_hist_counts[1])
+             || r.latency_hist_counts[{position} + 1:]
+        ELSE (SELECT m.counts FROM {merge} AS m) END
 """
+# A conflicting row's histogram is merged with rollup_hist_merge (a SQL
+# function: unnest, group, array_agg; ~0.1 ms per call), except in the most
+# common case, a delta of one bucket the row already has (late events are
+# single events): then the buckets stay and one count is added in place.
+HIST_MERGE = (
+    "rollup_hist_merge(r.latency_hist_buckets, r.latency_hist_counts,"
+    " EXCLUDED.latency_hist_buckets, EXCLUDED.latency_hist_counts)"
+)
+HIST_POSITION = "array_position(r.latency_hist_buckets, EXCLUDED.latency_hist_buckets[1])"
+ONE_KNOWN_BUCKET = f"cardinality(EXCLUDED.latency_hist_buckets) = 1 AND {HIST_POSITION} IS NOT NULL"
 # The scratch rows are per hour already; days merge their hours' buckets first.
 HOURLY_SOURCE = "(SELECT *, hour AS bucket FROM rollup_scratch WHERE hour IS NOT NULL)"
 DAILY_SOURCE = """(
@@ -260,7 +273,10 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     conn.execute(text("SET LOCAL enable_sort = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [
-        conn.execute(text(UPSERT_LEVEL.format(table=table, source=source.format(epoch=UTC_EPOCH)))).rowcount
+        conn.execute(text(UPSERT_LEVEL.format(
+            table=table, source=source.format(epoch=UTC_EPOCH), merge=HIST_MERGE,
+            position=HIST_POSITION, one_known_bucket=ONE_KNOWN_BUCKET,
+        ))).rowcount
         for table, source in ROLLUP_LEVELS
     ]
     users = conn.execute(text(UPSERT_USERS)).rowcount
