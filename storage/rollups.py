@@ -266,11 +266,14 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     conn.execute(CLEAR_SCRATCH)
     # New batches are beyond the statistics, so the planner expects a handful
     # of rows and picks sort-based grouping; hashing 1M rows is several times
-    # faster than sorting them.
-    conn.execute(text("SET LOCAL enable_sort = off"))
+    # faster than sorting them. Once ANALYZE has seen pending batches, though,
+    # a sort-free plan is an ordered index scan of whole partitions (measured:
+    # 175 s instead of 5 s for 1M rows): no plain index scans here, only the
+    # BRIN bitmap scan on batch_id (or, for a rebuild, the time-range indexes).
+    conn.execute(text("SET LOCAL enable_sort = off; SET LOCAL enable_indexscan = off"))
     bucket = LATENCY_BUCKET_SQL.format(latency="e.latency_ms")
     conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH, bucket=bucket)), params)
-    conn.execute(text("SET LOCAL enable_sort = on"))
+    conn.execute(text("SET LOCAL enable_sort = on; SET LOCAL enable_indexscan = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [
         conn.execute(text(UPSERT_LEVEL.format(
