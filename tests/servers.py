@@ -94,6 +94,14 @@ def _as_user(user: str, cmd: list[str]) -> list[str]:
     return cmd
 
 
+def file_tail(path: Path, lines: int) -> str:
+    """The last lines of a server's log, for failure messages ("" if there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of our own: initdb in a temporary directory, any port.
 
@@ -173,10 +181,7 @@ class PrivatePostgres:
             raise RuntimeError(f"migrations failed on the private PostgreSQL:\n{done.stdout}{done.stderr}")
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.logfile, lines)
 
     def close(self) -> None:
         """Stop (as a crash: nothing to keep) and delete the cluster."""
@@ -296,10 +301,7 @@ class PrivateRabbitMQ:
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.logfile, lines)
 
     def close(self) -> None:
         try:

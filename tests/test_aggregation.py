@@ -34,7 +34,7 @@ from sqlalchemy import Engine, text
 from config import Settings
 from tasks.aggregator import COMMITTED_LOG, READY_LOG
 from tests.test_pipeline import batch_publisher, blocked_inserts, count_events, make_message, wire_rows
-from tests.workers import REPO_ROOT, _group_members, wait_for, worker_env
+from tests.workers import REPO_ROOT, LoggedProcess, _group_members, wait_for, worker_env
 
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = "redis://127.0.0.1:6379/10"  # only to show that it is refused
@@ -60,24 +60,8 @@ class Flush:
     dead_lettered: int
 
 
-class Aggregator:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, app_name: str) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self.app_name = app_name  # application_name of its PostgreSQL connections
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+class Aggregator(LoggedProcess):
+    """A ``python -m tasks.aggregator`` subprocess; its flushes read from its log."""
 
     def flushes(self) -> list[Flush]:
         return [Flush(*map(int, m.groups())) for m in FLUSH_RE.finditer(self.log())]

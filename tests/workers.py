@@ -66,12 +66,13 @@ def _group_members(pgid: int) -> list[tuple[int, int]]:
     return members
 
 
-class Worker:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, nodename: str, app_name: str) -> None:
+class LoggedProcess:
+    """A subprocess a test started, with its log file and the application_name
+    of its PostgreSQL connections (pg_stat_activity)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, app_name: str) -> None:
         self.proc = proc
         self.log_path = log_path
-        self.nodename = nodename
-        # application_name of the worker's PostgreSQL connections (pg_stat_activity).
         self.app_name = app_name
 
     @property
@@ -89,6 +90,12 @@ class Worker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+class Worker(LoggedProcess):
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, nodename: str, app_name: str) -> None:
+        super().__init__(proc, log_path, app_name)
+        self.nodename = nodename
 
     def pool_pids(self) -> list[int]:
         """The prefork pool children of the main worker process."""
