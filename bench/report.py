@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, text
 
 from bench import harness
+from bench import companions
 from bench.harness import PROCFILE_POOL
 
 if TYPE_CHECKING:
@@ -168,6 +169,11 @@ def targets(suite: SuiteResult) -> list[Figure]:
     ]
 
 
+def all_targets(suite: SuiteResult) -> list[Figure]:
+    """The ingest figures and those of the other benchmarks that ran (what ``--strict`` checks)."""
+    return targets(suite) + [fig for result in suite.companions.values() for fig in companions.figures(result)]
+
+
 def _verdict(met: bool | None) -> str:
     return {True: "met", False: "MISSED", None: "-"}[met]
 
@@ -220,6 +226,13 @@ def print_summary(suite: SuiteResult) -> None:
               f"  {_fmt(seconds, '.1f')} s")
     for name, cores in _noisy(suite):
         print(f"  WARNING: other processes used {cores:.2f} cores on average during {name}")
+    for result in suite.companions.values():
+        print(f"\n== {result.name} ({result.seconds / 60:.1f} min)")
+        if not result.ok:
+            print(f"  FAILED: exit status {result.returncode}; its last lines are above")
+        for fig in companions.figures(result):
+            print(f"  {fig.name.ljust(widths[0])}  {fig.shown.rjust(widths[1])}  {fig.target.ljust(widths[2])}"
+                  f"  {_verdict(fig.met)}")
     print(f"\nruntime {suite.runtime_s / 60:.1f} min")
 
 
@@ -329,6 +342,33 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
             add(f"| {name} | {rec.sent:,} | {rec.rows:,} | {rec.lost} | {rec.duplicated} | {rec.dead_letters} |"
                 f" {'ok' if rec.content_ok else 'DIFF'} |")
     add("")
+    if suite.companions:
+        add("## The other benchmarks")
+        add("")
+        add("Run by the suite after the ingest phases, each as its own command (`python -m <module>`, a"
+            " database or private servers of its own); the figures are those of its `RESULT` line.")
+        add("")
+        for result in suite.companions.values():
+            companion = companions.COMPANIONS[result.name]
+            add(f"### {result.name}: `python -m {companion.module}`")
+            add("")
+            add(f"{companion.what[0].upper()}{companion.what[1:]}; {result.seconds / 60:.1f} min.")
+            add("")
+            if not result.ok:
+                add(f"**Failed** (exit status {result.returncode}); the end of its output:")
+                add("")
+                add("```")
+                lines.extend(result.tail)
+                add("```")
+                add("")
+                continue
+            add("| figure | measured | target / baseline | verdict |")
+            add("| --- | ---: | --- | --- |")
+            for fig in companions.figures(result):
+                add(f"| {fig.name} | {fig.shown} | {fig.target} | {_verdict(fig.met)} |")
+            add("")
+            add(f"`{result.result_line}`")
+            add("")
     add("## Over time")
     add("")
     add(f"![events/s and freshness over time]({plot_rel.as_posix()})")
