@@ -51,6 +51,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # Celery would lower the prefetch after a reconnect and raise it again as
+        # acks come in; the prefetch here is small, and that code runs on the path
+        # where tasks.consumer catches kombu's Redis cleanup error.
+        "worker_enable_prefetch_count_reduction": False,
         "task_routes": {
             "ingest.write_batch": {"queue": settings.ingest_queue},
             "partitions.*": {"queue": MAINTENANCE_QUEUE},

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     producer_exit_flush_timeout_s: float = Field(
         5.0, ge=0, description="How long interpreter exit waits for the buffer to publish."
     )
+    producer_redis_resend_window_s: float = Field(
+        10.0,
+        ge=0,
+        description="Redis broker only: after a failed publish, the producer publishes again "
+        "what it published in the last this-many seconds (kombu's Redis transport can lose a "
+        "message a worker took just as Redis went down; writes are idempotent). 0 disables.",
+    )
 
     # --- worker -------------------------------------------------------------
     ingest_queue: str = Field("ingest", description="Queue of the ingest task.")

@@ -44,6 +44,7 @@ import celeryconfig
 from config import Settings, get_settings
 from producer.ids import uuid7_hex_batch
 from producer.publisher import BatchPublisher
+from producer.resend import RecentMessages
 from producer.spool import Spool
 from schema.event import (
     MAX_ERROR_TYPE_LEN,
@@ -79,6 +80,7 @@ class TrackerStats:
     in_flight: int
     dropped_buffer_full: int
     publish_failures: int
+    resent: int  # events published again after a Redis outage (producer.resend)
 
 
 def _event_id_hex(event_id: object) -> str | None:
@@ -129,6 +131,10 @@ class Tracker:
         self._published = 0
         self._dropped = 0
         self._publish_failures = 0
+        window_s = self._settings.producer_redis_resend_window_s
+        self._recent = RecentMessages(window_s) if self._settings.broker_is_redis and window_s > 0 else None
+        self._outage_at: float | None = None  # monotonic time of the first failed publish since the last resend
+        self._resent = 0
 
     # --- request path ---------------------------------------------------------
 
@@ -242,6 +248,7 @@ class Tracker:
             in_flight=self._in_flight,
             dropped_buffer_full=self._dropped,
             publish_failures=self._publish_failures,
+            resent=self._resent,
         )
 
     # --- fork safety -----------------------------------------------------------
@@ -311,12 +318,26 @@ class Tracker:
             self._idle.notify_all()
 
     def _drain(self, publisher: BatchPublisher) -> bool:
-        """Publish the spool (older) then the buffer; False at the first failure."""
+        """Publish the spool (older) then the buffer; False at the first failure.
+
+        After an outage on Redis, the messages of the last few seconds go first, again.
+        """
+        if self._outage_at is not None and self._recent is not None:
+            recent = self._recent.before(self._outage_at)
+            for message, events in recent:
+                if not self._try_publish(publisher, message, events):
+                    return False
+                self._resent += events
+            logger.warning("analytics producer: the broker is back; published again the %d events"
+                           " of the last %g s (PRODUCER_REDIS_RESEND_WINDOW_S)",
+                           sum(events for _, events in recent), self._settings.producer_redis_resend_window_s)
+        self._outage_at = None
         if self._spool is not None:
             for segment in self._spool.segments_to_replay():
                 for message in segment.messages():
                     if not self._try_publish(publisher, message, len(message.get("rows", ()))):
                         return False
+                    self._remember(message, len(message.get("rows", ())))
                 self._published += segment.events
                 self._spool.replayed(segment)
                 self._batch_done()
@@ -326,6 +347,7 @@ class Tracker:
             published = self._try_publish(publisher, message, len(rows))
             if published:
                 self._published += len(rows)
+                self._remember(message, len(rows))
             else:
                 self._buffer.extendleft(reversed(rows))  # ids stay assigned
             self._batch_done()
@@ -333,12 +355,18 @@ class Tracker:
                 return False
         return True
 
+    def _remember(self, message: dict[str, Any], events: int) -> None:
+        if self._recent is not None:
+            self._recent.add(message, events)
+
     def _try_publish(self, publisher: BatchPublisher, message: dict[str, Any], size: int) -> bool:
         try:
             publisher.publish(message, size)
             return True
         except Exception as exc:  # noqa: BLE001 - whatever failed, the caller keeps the batch
             self._publish_failures += 1
+            if self._outage_at is None:
+                self._outage_at = time.monotonic()
             logger.warning(
                 "analytics producer: publish of %d events failed (%s: %s); will retry",
                 size, type(exc).__name__, exc,

@@ -6,6 +6,18 @@ unknown task: the message is gone. On the ingest queue that would be silent
 loss, so here the raw message goes to ``dead_letters`` with the reason first,
 and is acknowledged only after that commit. Enabled by ``worker_consumer`` in
 celeryconfig.
+
+It also keeps the worker alive through a broker outage where Celery and
+kombu would end it. On Redis, when the connection drops while a message is
+unacknowledged, Celery closes the dead connection and kombu's channel tries to
+put the message back through a client it can no longer build
+(``AttributeError: 'NoneType' object has no attribute 'hostname'``, seen about
+one Redis outage in five under load): the worker process exits. The message is
+still in Redis' unacknowledged set, which any worker returns to the queue
+after the visibility timeout, so here that error is a warning and the consumer
+reconnects as usual. A late ack of such a message fails the same way; an
+unacknowledged message is delivered again and its batch written again
+idempotently, so a failed ack is a warning too, never a dead worker.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -47,7 +60,36 @@ def raw_payload(message: Message) -> dict[str, Any]:
     }
 
 
+def _ack_that_cannot_crash(ack: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return ack(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the message stays in the broker: nothing is lost
+            logger.warning(
+                "could not acknowledge a message (%s: %s); the broker will deliver it again"
+                " and its batch is written again idempotently", type(exc).__name__, exc,
+            )
+            return None
+
+    return guarded
+
+
 class DeadLetteringConsumer(Consumer):
+    def call_soon_ack(self, p: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().call_soon_ack(_ack_that_cannot_crash(p), *args, **kwargs)
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as cleanup_error:
+            if self.connection is not None:
+                raise  # not the closing of the dead connection: a real bug
+            # Celery dropped the connection, then closing it failed (see the module docstring).
+            logger.warning(
+                "the lost broker connection could not be closed cleanly (%s); its unacknowledged"
+                " messages return to the queue after the visibility timeout", cleanup_error,
+            )
+
     @cached_property
     def _dead_letter_sessions(self) -> sessionmaker[Session]:
         return make_session_factory(make_engine(get_settings()))
