@@ -82,6 +82,17 @@ def test_a_tenant_key_cannot_read_another_tenant(client: TestClient, keys: dict[
         assert as_admin.status_code == 200, (path, as_admin.text)
 
 
+def test_a_query_parameter_given_twice_is_refused_not_half_read(client: TestClient, keys: dict[str, str]) -> None:
+    tenant = keys["a_tenant"]
+    once = client.get(f"/api/tenants/{tenant}/top-users", params={"feature": "smart_search"}, headers=auth(keys["a"]))
+    twice = client.get(f"/api/tenants/{tenant}/top-users?feature=smart_search&feature=summarization",
+                       headers=auth(keys["a"]))  # fmt: skip
+    assert once.status_code == 200, once.text
+    assert twice.status_code == 422, twice.text
+    assert twice.json()["detail"][0]["loc"] == ["query", "feature"]
+    assert "given 2 times" in twice.json()["detail"][0]["msg"]
+
+
 def test_admin_keys_do_not_write_events(client: TestClient, keys: dict[str, str]) -> None:
     response = client.post("/v1/events", json={"events": [{"feature_name": "f", "user_id": "u"}]},
                            headers=auth(keys["admin"]))  # fmt: skip

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from config import get_settings
@@ -22,6 +22,7 @@ from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
 from web import dashboard, ingest, metrics, page
 from web.auth import BODY_UNREADABLE
 from web.db import close_database, open_database
+from web.errors import single_valued_query
 from web.ai import FEATURES, AICallFailed, call_feature
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 5.0
@@ -42,7 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     close_database(app)
 
 
-app = FastAPI(title="AI feature usage analytics", lifespan=lifespan)
+app = FastAPI(title="AI feature usage analytics", lifespan=lifespan, dependencies=[Depends(single_valued_query)])
 app.include_router(ingest.router)
 app.include_router(metrics.router)
 app.include_router(dashboard.router)

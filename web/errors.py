@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 INVALID_VALUE = "value_error"
@@ -19,3 +20,17 @@ INVALID_VALUE = "value_error"
 def invalid(location: str, name: str, message: str, value: Any = None) -> RequestValidationError:
     """A 422 naming the offending parameter: ``location`` is ``query``, ``path`` or ``body``."""
     return RequestValidationError([{"type": INVALID_VALUE, "loc": (location, name), "msg": message, "input": value}])
+
+
+def single_valued_query(request: Request) -> None:
+    """Refuse a query parameter given twice: every one of ours takes one value.
+
+    FastAPI would silently keep the last of ``?feature=a&feature=b``, answering
+    for a feature the caller may not have meant (the contract test sends such
+    requests and expects them refused).
+    """
+    names = [name for name, _ in request.query_params.multi_items()]
+    for name in dict.fromkeys(names):
+        count = names.count(name)
+        if count > 1:
+            raise invalid("query", name, f"given {count} times; it takes one value")
