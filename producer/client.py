@@ -217,8 +217,12 @@ class Tracker:
         return True
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush (bounded), then stop the thread. Called at interpreter exit."""
-        if self._pid != os.getpid() or self._thread is None:
+        """Flush (bounded), then stop the thread. Called at interpreter exit.
+
+        Once closed, closing again returns at once (atexit calls it after an
+        explicit close; with the broker down it would wait the timeout again).
+        """
+        if self._pid != os.getpid() or self._thread is None or self._closing:
             return
         if timeout is None:
             timeout = self._settings.producer_exit_flush_timeout_s

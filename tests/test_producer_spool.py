@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from config import Settings
+from producer import Tracker
 from tests.servers import PrivateRedis
 from tests.workers import REPO_ROOT, celery_worker, wait_for
 
@@ -94,3 +97,22 @@ def test_spool_is_replayed_after_producer_killed_while_broker_down(
     rows, distinct = stored(engine, tenant)
     assert (rows, distinct) == (EVENTS, EVENTS), f"lost={EVENTS - distinct} duplicated={rows - distinct}"
     assert not list(spool.rglob("*.jsonl")), "replayed segments must be deleted"
+
+
+CLOSE_WAIT_S = 2.0
+
+
+def test_a_second_close_returns_at_once_while_the_broker_is_down(redis_server: PrivateRedis) -> None:
+    """atexit closes a tracker the application closed already: that must not wait the timeout again."""
+    tracker = Tracker(Settings(celery_broker_url=redis_server.url, ingest_queue=f"test-close-{uuid.uuid4().hex[:8]}",
+                               producer_spool_dir="", producer_flush_interval_ms=50))  # never started: publishes fail
+    assert tracker.track(tenant_id="t", feature_name="summarization", user_id="u")
+    started = time.monotonic()
+    tracker.close(timeout=CLOSE_WAIT_S)
+    first = time.monotonic() - started
+    started = time.monotonic()
+    tracker.close(timeout=CLOSE_WAIT_S)
+    second = time.monotonic() - started
+    assert first >= CLOSE_WAIT_S, "the first close waits for the flush"
+    assert second < CLOSE_WAIT_S / 10, f"the second close waited {second:.2f}s"
+    assert tracker.stats().buffered + tracker.stats().in_flight == 1  # still not published, and counted
