@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
-from bench import harness
-from bench import companions
+from bench import companions, harness
 from bench.harness import PROCFILE_POOL
 
 if TYPE_CHECKING:

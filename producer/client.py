@@ -332,16 +332,18 @@ class Tracker:
                 if not self._try_publish(publisher, message, events):
                     return False
                 self._resent += events
-            logger.warning("analytics producer: the broker is back; published again the %d events"
-                           " of the last %g s (PRODUCER_REDIS_RESEND_WINDOW_S)",
-                           sum(events for _, events in recent), self._settings.producer_redis_resend_window_s)
+            if recent:
+                logger.warning("analytics producer: the broker is back; published again the %d events"
+                               " of the last %g s (PRODUCER_REDIS_RESEND_WINDOW_S)",
+                               sum(events for _, events in recent), self._settings.producer_redis_resend_window_s)
         self._outage_at = None
         if self._spool is not None:
             for segment in self._spool.segments_to_replay():
                 for message in segment.messages():
-                    if not self._try_publish(publisher, message, len(message.get("rows", ()))):
+                    events = len(message.get("rows", ()))
+                    if not self._try_publish(publisher, message, events):
                         return False
-                    self._remember(message, len(message.get("rows", ())))
+                    self._remember(message, events)
                 self._published += segment.events
                 self._spool.replayed(segment)
                 self._batch_done()

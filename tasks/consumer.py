@@ -61,6 +61,7 @@ def raw_payload(message: Message) -> dict[str, Any]:
 
 
 def _ack_that_cannot_crash(ack: Callable[..., Any]) -> Callable[..., Any]:
+    """``ack`` (Celery routes rejects the same way) logging its failure instead of raising it."""
     def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return ack(*args, **kwargs)

@@ -9,6 +9,7 @@ found it). Checks that need more than one parameter, or the database, raise
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from fastapi import Request
@@ -29,8 +30,7 @@ def single_valued_query(request: Request) -> None:
     for a feature the caller may not have meant (the contract test sends such
     requests and expects them refused).
     """
-    names = [name for name, _ in request.query_params.multi_items()]
-    for name in dict.fromkeys(names):
-        count = names.count(name)
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    for name, count in counts.items():
         if count > 1:
             raise invalid("query", name, f"given {count} times; it takes one value")
