@@ -1,7 +1,7 @@
 """Settings factory.
 
 Every tunable lives here, read from environment variables (upper-case field
-names, e.g. ``DATABASE_URL``, ``INGEST_BATCH_SIZE``). Defaults work on a
+names, e.g. ``DATABASE_URL``, ``PRODUCER_BATCH_SIZE``). Defaults work on a
 developer machine with PostgreSQL and RabbitMQ on localhost. Nothing here opens
 a connection: building Settings is pure.
 """
@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="Directory of the on-disk spool used while the broker is "
         "unreachable; empty disables it (then only the memory buffer holds events).",
     )
+    producer_spool_max_bytes: int = Field(
+        1_073_741_824,
+        ge=0,
+        description="Cap of the on-disk spool (bytes, per queue); once reached, events that "
+        "cannot be published stay in the memory buffer (bounded by PRODUCER_BUFFER_MAX_EVENTS), "
+        "a metric and a log line say so. 0 means no cap.",
+    )
     producer_exit_flush_timeout_s: float = Field(
         5.0, ge=0, description="How long interpreter exit waits for the buffer to publish."
     )
@@ -102,6 +109,37 @@ class Settings(BaseSettings):
         "the window itself is about two flushes of events.",
     )
 
+    ingest_max_rows_per_message: int = Field(
+        10_000,
+        ge=1,
+        description="Most rows one ingest message may carry at the worker; a larger message "
+        "is dead-lettered whole, unparsed.",
+    )
+    ingest_max_message_bytes: int = Field(
+        16_000_000,
+        ge=1,
+        description="Largest ingest message body the worker accepts; a larger one is "
+        "dead-lettered whole, unparsed.",
+    )
+    ingest_max_partitions_per_batch: int = Field(
+        4,
+        ge=1,
+        description="Most partitions one batch may create; rows of further missing months "
+        "are dead-lettered with the reason (a batch spanning many months is an attack or a bug).",
+    )
+    tenant_max_features: int = Field(
+        1000,
+        ge=1,
+        description="Most distinct feature names per tenant; events naming a new one beyond "
+        "it are dead-lettered with the reason.",
+    )
+    tenant_max_models: int = Field(
+        1000,
+        ge=1,
+        description="Most distinct model names per tenant; events naming a new one beyond "
+        "it are dead-lettered with the reason.",
+    )
+
     # --- partitions (storage.partitions) -------------------------------------
     partition_months_ahead: int = Field(
         3, ge=1, description="Months after the current one kept created ahead."
@@ -134,6 +172,14 @@ class Settings(BaseSettings):
         "ones are refused by track() and dead-lettered by the worker.",
     )
 
+    event_max_past_age_days: int = Field(
+        730,
+        ge=1,
+        description="How far back an event's timestamp may be (days), for backfills; older "
+        "ones are refused by track() and the HTTP API and dead-lettered by the worker. "
+        "Retention (PARTITION_RETENTION_MONTHS), when set, bounds it further.",
+    )
+
     # --- rollups (storage.rollups) -------------------------------------------
     rollup_queue: str = Field(
         "rollups", description="Queue of the rollup tasks, apart from ingest so that neither starves the other."
@@ -151,6 +197,36 @@ class Settings(BaseSettings):
     )
     http_max_body_bytes: int = Field(
         5_000_000, ge=1, description="Largest request body POST /v1/events reads."
+    )
+    api_statement_timeout_ms: int = Field(
+        5000,
+        ge=1,
+        description="statement_timeout of the API's and dashboard's reads; a read that "
+        "takes longer is answered 503.",
+    )
+    api_max_points: int = Field(
+        10_000,
+        ge=1,
+        description="Most points (rows x series) one read response may hold; a larger "
+        "request is answered 422 naming the limit.",
+    )
+    rate_limit_ingest: str = Field(
+        "100/second",
+        description="Requests per API key on ingest routes, in the limits library's "
+        "notation (e.g. '100/second;3000/minute'); more are answered 429 with Retry-After.",
+    )
+    rate_limit_read: str = Field(
+        "50/second",
+        description="Requests per API key on read routes (same notation as RATE_LIMIT_INGEST).",
+    )
+    rate_limit_storage_url: str = Field(
+        "memory://",
+        description="Where the rate limiter keeps its counters: memory:// (per web process) "
+        "or redis://host:port/db (shared by every web process).",
+    )
+    api_docs_enabled: bool = Field(
+        False,
+        description="Serve /docs (Swagger UI, assets served locally) and /openapi.json.",
     )
     dashboard_vendor_dir: str = Field(
         "web/node_modules/chart.js/dist",
