@@ -172,7 +172,12 @@ class Tracker:
             (
                 time.time_ns() // 1000
                 if timestamp is None
-                else check_timestamp(timestamp, self._max_future_us)
+                else check_timestamp(
+                    timestamp,
+                    self._max_future_us,
+                    max_past_age_days=self._settings.event_max_past_age_days,
+                    retention_months=self._settings.partition_retention_months,
+                )
             ),
         ]
         if self._thread is None or self._pid != os.getpid():

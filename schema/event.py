@@ -47,6 +47,8 @@ MAX_ERROR_TYPE_LEN: Final = 128
 MAX_INT32: Final = 2**31 - 1
 STATUSES: Final = frozenset({"success", "error"})
 
+US_PER_DAY: Final = 86_400 * 1_000_000
+
 UTC: Final = timezone.utc
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -122,18 +124,65 @@ def timestamp_to_us(value: object) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def check_timestamp(value: object, max_future_us: int) -> int:
-    """``timestamp_to_us``, refusing a time further ahead of this clock than allowed.
+def earliest_timestamp(now: datetime, max_past_age_days: int, retention_months: int = 0) -> tuple[datetime, str]:
+    """The earliest timestamp accepted at ``now``, and the setting that sets it.
 
-    A far-future timestamp is a broken clock; refusing it here gives the caller
-    the error instead of a dead letter (the worker checks again).
+    ``now`` minus ``max_past_age_days`` (EVENT_MAX_PAST_AGE_DAYS), or the first
+    day of the oldest month retention keeps (PARTITION_RETENTION_MONTHS, 0 = off)
+    if that is later: an event older than retention would only be deleted again,
+    and each distinct old month would cost a partition. One function for the
+    producer and the worker (storage.partitions.AcceptWindow), so they agree.
+    """
+    now = now.astimezone(UTC)
+    earliest, setting = now - timedelta(days=max_past_age_days), "EVENT_MAX_PAST_AGE_DAYS"
+    if retention_months > 0:
+        index = now.year * 12 + (now.month - 1) - retention_months  # storage.partitions.Month.shift
+        kept = datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+        if kept > earliest:
+            earliest, setting = kept, "PARTITION_RETENTION_MONTHS"
+    return earliest, setting
+
+
+def too_old(timestamp: datetime, earliest: datetime, setting: str) -> str:
+    """The refusal of a timestamp older than ``earliest`` (producer and worker say the same)."""
+    if setting == "PARTITION_RETENTION_MONTHS":
+        return (
+            f"timestamp {timestamp.isoformat()} is older than the retention window,"
+            f" which starts at {earliest.isoformat()} (PARTITION_RETENTION_MONTHS)"
+        )
+    return (
+        f"timestamp {timestamp.isoformat()} is too old: the earliest accepted is"
+        f" {earliest.isoformat()} (EVENT_MAX_PAST_AGE_DAYS)"
+    )
+
+
+def check_timestamp(
+    value: object,
+    max_future_us: int,
+    *,
+    max_past_age_days: int | None = None,
+    retention_months: int = 0,
+) -> int:
+    """``timestamp_to_us``, refusing a time outside the window the worker accepts.
+
+    A far-future timestamp is a broken clock, a far-past one a broken clock or
+    an attempt to make the worker create partitions; refusing it here gives the
+    caller the error instead of a dead letter (the worker checks again). No
+    lower bound when ``max_past_age_days`` is None.
     """
     us = timestamp_to_us(value)
-    if us - time.time_ns() // 1000 > max_future_us:
+    now_us = time.time_ns() // 1000
+    if us - now_us > max_future_us:
         raise InvalidEvent(
             f"timestamp {us_to_timestamp(us).isoformat()} is more than"
             f" {max_future_us / 1e6:g} s ahead of this clock (EVENT_MAX_FUTURE_SKEW_S)"
         )
+    if max_past_age_days is not None:
+        # Cheap test first: only a timestamp near or past the bound pays for the datetimes.
+        if now_us - us >= max_past_age_days * US_PER_DAY or retention_months > 0:
+            earliest, setting = earliest_timestamp(us_to_timestamp(now_us), max_past_age_days, retention_months)
+            if us < timestamp_to_us(earliest):
+                raise InvalidEvent(too_old(us_to_timestamp(us), earliest, setting))
     return us
 
 

@@ -5,9 +5,10 @@ dead letters of a batch commit together, and the broker message is acknowledged
 only after that commit (see tasks.ingest). Each attempt is wrapped in a
 SAVEPOINT:
 
-* events outside the accepted window (older than retention, or further in the
-  future than the allowed clock skew; see storage.partitions.AcceptWindow) are
-  refused first, with the reason, before any SQL;
+* events outside the accepted window (older than EVENT_MAX_PAST_AGE_DAYS or
+  retention, or further in the future than the allowed clock skew; see
+  storage.partitions.AcceptWindow) are refused first, with the reason, before
+  any SQL;
 * the batch is logged in ``rollup_pending_batches`` and its rows stamped with
   that ``batch_id``, in this same transaction (storage.rollups: the rollups
   see the batch exactly when its rows commit); a batch that stores nothing
@@ -19,7 +20,9 @@ SAVEPOINT:
 * a month with no partition (beat has not run, a late event, a clock jump)
   is created by ``ensure_partitions`` in a short transaction of its own, under
   the partition lock, and the rows are inserted again; the hot path pays
-  nothing for this, it only reacts to PostgreSQL's error;
+  nothing for this, it only reacts to PostgreSQL's error. One call creates at
+  most INGEST_MAX_PARTITIONS_PER_BATCH months; rows of further missing months
+  are dead-lettered with that reason (``_MissingMonths``);
 * any other row-level rejection (a check constraint, a value out of range, a
   month that still cannot be created) splits the batch in halves until the
   offending rows are isolated and dead-lettered with PostgreSQL's message as
@@ -31,6 +34,7 @@ lock never granted) propagate so that the task retries the whole batch.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +55,7 @@ from storage.partitions import (
     Month,
     PartitionPolicy,
     ensure_partitions,
+    existing_months,
     is_missing_partition,
 )
 from storage.rollups import discard_batch, open_batch
@@ -112,6 +117,60 @@ def _inside(window: AcceptWindow, rows: list[Row], rejected: list[Rejected]) -> 
     return kept
 
 
+class _MissingMonths:
+    """Creates the months one ``store_batch`` call lacks, at most the policy's cap of them.
+
+    A batch spanning many months (an attack, a bug) would otherwise make one
+    CREATE/ATTACH per month, and a batch too big to ever succeed is retried
+    forever. Beyond ``max_partitions_per_batch`` new months, rows of the other
+    missing months are dead-lettered. The months with the most rows are created
+    first (the fewest events dead-lettered for the same DDL), ties the earliest
+    first, so the choice depends only on the rows.
+    """
+
+    def __init__(self, policy: PartitionPolicy) -> None:
+        self.policy = policy
+        self.done: set[Month] = set()  # created, found, or asked for: not retried by this call
+        self.refused: set[Month] = set()  # beyond the cap
+        self.created = 0
+
+    def make_room(self, session: Session, chunk: list[Row], rejected: list[Rejected]) -> list[Row] | None:
+        """After "no partition": create what the cap allows, dead-letter rows of refused months.
+
+        Returns the rows to insert again, or None when nothing changed (the
+        rows are then isolated by bisection, with PostgreSQL's reason).
+        """
+        counts = Counter(Month.of(mapping["timestamp"]) for mapping, _ in chunk)
+        new = set(counts) - self.done - self.refused
+        if new:
+            existing = existing_months(session.connection())
+            missing = sorted(new - existing, key=lambda month: (-counts[month], month))
+            room = max(0, self.policy.max_partitions_per_batch - self.created)
+            create, refuse = missing[:room], missing[room:]
+            if create:
+                ensure_partitions(session.get_bind().engine, create, self.policy)
+                self.created += len(create)
+            self.done |= new - set(refuse)
+            self.refused |= set(refuse)
+        if not new and not self.refused.intersection(counts):
+            return None
+        kept = []
+        for row in chunk:
+            month = Month.of(row[0]["timestamp"])
+            if month in self.refused:
+                rejected.append(Rejected(payload=plain_payload(row[1]), reason=self._reason(row[0], month)))
+            else:
+                kept.append(row)
+        return kept
+
+    def _reason(self, mapping: dict[str, Any], month: Month) -> str:
+        return (
+            f"timestamp {mapping['timestamp'].isoformat()} is in month {month}, which has no"
+            f" partition, and this batch already creates {self.policy.max_partitions_per_batch}"
+            " (INGEST_MAX_PARTITIONS_PER_BATCH); send events of many months in separate batches"
+        )
+
+
 def store_batch(
     session: Session,
     rows: list[Row],
@@ -129,7 +188,7 @@ def store_batch(
     rows, repeats = unique_in_batch(rows)
     result = WriteResult(duplicates=repeats)
     rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
-    ensured: set[Month] = set()  # months created (or found) by this call
+    months = _MissingMonths(policy)
     # The rollup log (storage.rollups): one row per batch, committed with its rows.
     batch_id = open_batch(session, [mapping["timestamp"] for mapping, _ in rows]) if rows else None
     for mapping, _ in rows:
@@ -152,11 +211,10 @@ def store_batch(
                         pending.append(fresh)
                     continue
             elif is_missing_partition(exc):
-                months = {Month.of(mapping["timestamp"]) for mapping, _ in chunk} - ensured
-                if months:
-                    ensure_partitions(session.get_bind().engine, months, policy)
-                    ensured |= months
-                    pending.append(chunk)
+                kept = months.make_room(session, chunk, result.rejected)
+                if kept is not None:
+                    if kept:
+                        pending.append(kept)
                     continue
             failure: IntegrityError | DataError = exc
         except DataError as exc:

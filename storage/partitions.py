@@ -49,6 +49,7 @@ from config import Settings
 
 logger = logging.getLogger(__name__)
 
+from schema.event import earliest_timestamp, too_old
 PARENT_TABLE = "analytics_events"
 PARTITION_NAME = re.compile(rf"^{PARENT_TABLE}_(\d{{4}})_(\d{{2}})$")
 PARTITION_NAME_SQL = rf"^{PARENT_TABLE}_[0-9]{{4}}_[0-9]{{2}}$"  # the same, as a POSIX regex
@@ -128,12 +129,15 @@ class Month:
 class AcceptWindow:
     """Timestamps the write path stores; anything else is dead-lettered with a reason.
 
-    ``oldest`` is None when retention keeps everything. Inside the window a
+    ``oldest`` is the later of now - EVENT_MAX_PAST_AGE_DAYS and the start of
+    retention (schema.event.earliest_timestamp, the bound ``track()`` applies
+    too); ``oldest_setting`` names the one that sets it. Inside the window a
     missing month is created; outside it, creating one would either be undone
-    by retention or let a broken clock litter the table with far-future months.
+    by retention or let a broken clock (or a hostile tenant) litter the table
+    with far-past or far-future months.
     """
 
-    oldest: datetime | None
+    oldest: datetime | None  # None: no lower bound
     newest: datetime  # inclusive: now + the allowed clock skew
 
     def refusal(self, timestamp: datetime) -> str | None:
@@ -141,15 +145,13 @@ class AcceptWindow:
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
         if timestamp > self.newest:
+    oldest_setting: str = "PARTITION_RETENTION_MONTHS"
             return (
                 f"timestamp {timestamp.isoformat()} is too far in the future: the latest"
                 f" accepted is {self.newest.isoformat()} (EVENT_MAX_FUTURE_SKEW_S)"
             )
         if self.oldest is not None and timestamp < self.oldest:
-            return (
-                f"timestamp {timestamp.isoformat()} is older than the retention window,"
-                f" which starts at {self.oldest.isoformat()} (PARTITION_RETENTION_MONTHS)"
-            )
+            return too_old(timestamp, self.oldest, self.oldest_setting)
         return None
 
 
@@ -170,10 +172,13 @@ class PartitionPolicy:
     def __post_init__(self) -> None:
         # A negative retention would reach the current month; say so at once.
         for name in ("months_ahead", "retention_months", "lock_retries"):
+    max_past_age_days: int = 730
+    max_partitions_per_batch: int = 4
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.lock_timeout_ms <= 0:
-            raise ValueError(f"lock_timeout_ms must be positive, got {self.lock_timeout_ms}")
+        for name in ("lock_timeout_ms", "max_past_age_days", "max_partitions_per_batch"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PartitionPolicy:
@@ -188,15 +193,15 @@ class PartitionPolicy:
 
     def oldest_kept(self, now: datetime) -> Month | None:
         """First month retention keeps: the current one and ``retention_months`` before it."""
+            max_past_age_days=settings.event_max_past_age_days,
+            max_partitions_per_batch=settings.ingest_max_partitions_per_batch,
         if self.retention_months == 0:
             return None
         return Month.of(now).shift(-self.retention_months)
 
     def window(self, now: datetime) -> AcceptWindow:
-        oldest = self.oldest_kept(now)
-        return AcceptWindow(
-            oldest=None if oldest is None else oldest.start, newest=now + self.max_future_skew
-        )
+        oldest, setting = earliest_timestamp(now, self.max_past_age_days, self.retention_months)
+        return AcceptWindow(oldest=oldest, newest=now + self.max_future_skew, oldest_setting=setting)
 
 
 def months_ahead(now: datetime, ahead: int) -> list[Month]:

@@ -43,7 +43,8 @@ from storage.partitions import (
 )
 
 UTC = timezone.utc
-POLICY = PartitionPolicy()  # retention off: every past month is accepted
+ALL_PAST_DAYS = 100 * 366  # wider than any month these tests use
+POLICY = PartitionPolicy(max_past_age_days=ALL_PAST_DAYS)  # retention off: every past month is accepted
 TENANT = "tenant-partitions"
 CHILD_TIMEOUT_S = 60
 INGEST_BATCH = 100
@@ -132,6 +133,17 @@ def scratch_months(engine: Engine) -> Iterator[list[Month]]:
     drop_months(engine, months)
 
 
+@pytest.fixture
+def wide_past_bound(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's settings (the ingest task's) accept every month these tests use."""
+    from config import get_settings
+
+    monkeypatch.setenv("EVENT_MAX_PAST_AGE_DAYS", str(ALL_PAST_DAYS))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 # --- months and windows ------------------------------------------------------------
 
 
@@ -161,7 +173,15 @@ def test_accept_window_bounds() -> None:
     assert too_old is not None and "older than the retention window" in too_old
     too_new = window.refusal(now + timedelta(hours=1, microseconds=1))
     assert too_new is not None and "too far in the future" in too_new
-    assert PartitionPolicy().window(now).oldest is None  # retention off: no lower bound
+    # Retention off: EVENT_MAX_PAST_AGE_DAYS alone bounds the past.
+    default = PartitionPolicy().window(now)
+    assert (default.oldest, default.oldest_setting) == (now - timedelta(days=730), "EVENT_MAX_PAST_AGE_DAYS")
+    assert default.refusal(now - timedelta(days=730)) is None
+    past = default.refusal(now - timedelta(days=730, microseconds=1))
+    assert past is not None and "too old" in past and "EVENT_MAX_PAST_AGE_DAYS" in past
+    # Whichever bound is later wins: a short past bound inside a long retention.
+    short = PartitionPolicy(retention_months=12, max_past_age_days=10).window(now)
+    assert (short.oldest, short.oldest_setting) == (now - timedelta(days=10), "EVENT_MAX_PAST_AGE_DAYS")
     assert PartitionPolicy() == PartitionPolicy.from_settings(Settings.model_construct())
     with pytest.raises(ValueError, match="retention_months"):
         PartitionPolicy(retention_months=-1)
@@ -211,7 +231,7 @@ def test_event_of_a_month_without_partition_is_stored(
 
 
 def test_ingest_task_stores_an_event_whose_month_has_no_partition(
-    engine: Engine, scratch_months: list[Month]
+    engine: Engine, scratch_months: list[Month], wide_past_bound: None
 ) -> None:
     from tasks.ingest import write_batch
 
