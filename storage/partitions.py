@@ -46,10 +46,10 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from config import Settings
+from schema.event import earliest_timestamp, too_old
 
 logger = logging.getLogger(__name__)
 
-from schema.event import earliest_timestamp, too_old
 PARENT_TABLE = "analytics_events"
 PARTITION_NAME = re.compile(rf"^{PARENT_TABLE}_(\d{{4}})_(\d{{2}})$")
 PARTITION_NAME_SQL = rf"^{PARENT_TABLE}_[0-9]{{4}}_[0-9]{{2}}$"  # the same, as a POSIX regex
@@ -139,13 +139,13 @@ class AcceptWindow:
 
     oldest: datetime | None  # None: no lower bound
     newest: datetime  # inclusive: now + the allowed clock skew
+    oldest_setting: str = "PARTITION_RETENTION_MONTHS"
 
     def refusal(self, timestamp: datetime) -> str | None:
         """Why ``timestamp`` is refused, or None when it is accepted (naive means UTC)."""
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
         if timestamp > self.newest:
-    oldest_setting: str = "PARTITION_RETENTION_MONTHS"
             return (
                 f"timestamp {timestamp.isoformat()} is too far in the future: the latest"
                 f" accepted is {self.newest.isoformat()} (EVENT_MAX_FUTURE_SKEW_S)"
@@ -166,14 +166,14 @@ class PartitionPolicy:
     retention_months: int = 0  # 0: keep every month
     keep_detached: bool = False
     max_future_skew: timedelta = timedelta(days=1)
+    max_past_age_days: int = 730
+    max_partitions_per_batch: int = 4
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     lock_retries: int = DEFAULT_LOCK_RETRIES
 
     def __post_init__(self) -> None:
         # A negative retention would reach the current month; say so at once.
         for name in ("months_ahead", "retention_months", "lock_retries"):
-    max_past_age_days: int = 730
-    max_partitions_per_batch: int = 4
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("lock_timeout_ms", "max_past_age_days", "max_partitions_per_batch"):
@@ -187,14 +187,14 @@ class PartitionPolicy:
             retention_months=settings.partition_retention_months,
             keep_detached=settings.partition_keep_detached,
             max_future_skew=timedelta(seconds=settings.event_max_future_skew_s),
+            max_past_age_days=settings.event_max_past_age_days,
+            max_partitions_per_batch=settings.ingest_max_partitions_per_batch,
             lock_timeout_ms=settings.partition_lock_timeout_ms,
             lock_retries=settings.partition_lock_retries,
         )
 
     def oldest_kept(self, now: datetime) -> Month | None:
         """First month retention keeps: the current one and ``retention_months`` before it."""
-            max_past_age_days=settings.event_max_past_age_days,
-            max_partitions_per_batch=settings.ingest_max_partitions_per_batch,
         if self.retention_months == 0:
             return None
         return Month.of(now).shift(-self.retention_months)
