@@ -1,16 +1,31 @@
-"""``python -m cli api-keys ...``: create, list and revoke API keys."""
+"""``python -m cli api-keys ...``: create, list and revoke API keys.
+
+Keys may expire (``--expires-in-days N`` or ``--expires YYYY-MM-DD``); an
+expired key is answered 401 "expired API key". Names and tenants are printed
+with their control characters escaped.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
 
 import click
 
 from config import get_settings
+from monitoring.escape import escape
 from storage.api_keys import create_key, list_keys, revoke
 from storage.db import make_engine, make_session_factory
 
 
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
 def _sessions():  # noqa: ANN202 - a sessionmaker bound to a fresh engine
     return make_session_factory(make_engine(get_settings()))
+
+
+def _when(moment: datetime | None, missing: str = "-") -> str:
+    return missing if moment is None else moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
 
 
 @click.group("api-keys")
@@ -22,32 +37,62 @@ def api_keys() -> None:
 @click.option("--tenant", "tenant_id", help="The tenant this key reads and writes.")
 @click.option("--admin", is_flag=True, help="An operator key: any tenant, named per request.")
 @click.option("--name", default="", help="What the key is for (shown in listings).")
-def create_command(tenant_id: str | None, admin: bool, name: str) -> None:
-    """Create a key and print it once: it is stored only hashed."""
+@click.option("--expires-in-days", type=click.IntRange(min=1), default=None,
+              help="The key stops working this many days from now.")  # fmt: skip
+@click.option("--expires", "expires_on", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The key stops working at 00:00 UTC of this day (YYYY-MM-DD).")  # fmt: skip
+def create_command(
+    tenant_id: str | None, admin: bool, name: str, expires_in_days: int | None, expires_on: datetime | None
+) -> None:
+    """Create a key and print it once: it is stored only hashed. Without --expires* it never expires."""
     if admin == (tenant_id is not None):
         raise click.UsageError("give either --tenant TENANT or --admin")
+    if expires_in_days is not None and expires_on is not None:
+        raise click.UsageError("give --expires-in-days or --expires, not both")
+    expires_at = None
+    if expires_in_days is not None:
+        expires_at = datetime.now(timezone.utc) + timedelta(days=expires_in_days)
+    elif expires_on is not None:
+        expires_at = expires_on.replace(tzinfo=timezone.utc)
+        if expires_at <= datetime.now(timezone.utc):
+            raise click.BadParameter(f"{expires_on:%Y-%m-%d} is not in the future", param_hint="--expires")
     try:
         with _sessions().begin() as session:
-            row, key = create_key(session, name=name or (tenant_id or "admin"), tenant_id=tenant_id, admin=admin)
+            row, key = create_key(session, name=name or (tenant_id or "admin"), tenant_id=tenant_id, admin=admin,
+                                  expires_at=expires_at)  # fmt: skip
             prefix, scope = row.prefix, row.scope
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    click.echo(f"created {scope} key {prefix}" + (f" for tenant {tenant_id}" if tenant_id else ""))
+        raise click.UsageError(escape(exc)) from None
+    click.echo(f"created {scope} key {prefix}" + (f" for tenant {escape(tenant_id)}" if tenant_id else "")
+               + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""))  # fmt: skip
     click.echo(key)
 
 
 @api_keys.command("list")
 @click.option("--tenant", "tenant_id", help="Only this tenant's keys.")
 def list_command(tenant_id: str | None) -> None:
-    """Prefix, scope, tenant, name, created and revoked times (never the key)."""
+    """Prefix, scope, tenant, name, created, last used, expiry and state (never the key).
+
+    Times are UTC; last use is recorded at most once a minute.
+    """
     with _sessions()() as session:
         rows = list_keys(session, tenant_id)
     if not rows:
         click.echo("no API keys")
+        return
+    now = datetime.now(timezone.utc)
+    click.echo(f"{'prefix':<13}{'scope':<7}{'tenant':<21}{'name':<25}{'created':<17}  {'last used':<17}"
+               f"  {'expires':<17}  state")  # fmt: skip
     for row in rows:
-        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-        click.echo(f"{row.prefix}  {row.scope:<6} {row.tenant_id or '-':<20} {row.name:<24}"
-                   f" created {row.created_at:%Y-%m-%d %H:%M}  {state}")  # fmt: skip
+        if row.revoked_at:
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}"
+        elif row.expires_at is not None and row.expires_at <= now:
+            state = "expired"
+        else:
+            state = "active"
+        click.echo(f"{row.prefix:<13}{row.scope:<7}{escape(row.tenant_id or '-'):<21}{escape(row.name):<25}"
+                   f"{_when(row.created_at):<17}  {_when(row.last_used_at, 'never'):<17}"
+                   f"  {_when(row.expires_at, 'never'):<17}  {state}")  # fmt: skip
 
 
 @api_keys.command("revoke")
@@ -57,5 +102,5 @@ def revoke_command(prefix: str) -> None:
     with _sessions().begin() as session:
         revoked = revoke(session, prefix)
     if not revoked:
-        raise click.ClickException(f"no active key with prefix {prefix!r} (see: api-keys list)")
+        raise click.ClickException(f"no active key with prefix {escape(repr(prefix))} (see: api-keys list)")
     click.echo(f"revoked {prefix}")

@@ -1,4 +1,5 @@
-"""``python -m cli dead-letters ...``: list, replay (after a fix) and purge dead letters."""
+"""``python -m cli dead-letters ...``: list, replay (after a fix) and purge dead letters;
+move the messages the broker kept in ``<queue>.dead`` back to the ingest queue."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 from sqlalchemy import delete, func, select
 
 from config import get_settings
+from monitoring.escape import escape
 from models import DeadLetter
 from storage.db import make_engine, make_session_factory
 from storage.replay import replay
@@ -21,6 +23,8 @@ def _sessions():  # noqa: ANN202 - a sessionmaker bound to a fresh engine
 
 
 def _short(text: str, width: int) -> str:
+    """``text`` with its control characters escaped (it came from a client), cut to ``width``."""
+    text = escape(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -46,7 +50,7 @@ def list_command(limit: int, source: str | None, payload: bool) -> None:
     click.echo(f"{total} dead letters" + (f" from {source}" if source else ""))
     for letter in letters:
         click.echo(
-            f"#{letter.id:<7} {letter.source:<8} x{letter.attempts:<4}"
+            f"#{letter.id:<7} {escape(letter.source):<8} x{letter.attempts:<4}"
             f" {letter.last_seen:%Y-%m-%d %H:%M:%S}  {_short(letter.reason, REASON_WIDTH)}"
         )
         if payload:
@@ -87,3 +91,15 @@ def purge_command(ids: tuple[int, ...], before: datetime | None, purge_all: bool
     with _sessions().begin() as session:
         deleted = session.execute(statement).rowcount
     click.echo(f"purged {deleted} dead letters")
+
+
+@dead_letters.command("requeue-broker")
+@click.option("--limit", type=click.IntRange(min=1), help="Move at most this many messages.")
+def requeue_broker_command(limit: int | None) -> None:
+    """Move the messages in the broker's <INGEST_QUEUE>.dead back to the ingest queue."""
+    from tasks.app import app
+    from tasks.broker import dead_queue_name, requeue_dead
+
+    queue = get_settings().ingest_queue
+    moved = requeue_dead(app.connection_for_write(), queue, limit)
+    click.echo(f"moved {moved} messages from {dead_queue_name(queue)} back to {queue}")

@@ -9,7 +9,8 @@ import click
 from sqlalchemy import Engine
 
 from config import get_settings
-from storage.db import make_engine
+from monitoring.escape import escape
+from storage.db import make_engine, make_owner_engine
 from storage.partitions import (
     PartitionInfo,
     PartitionLockTimeout,
@@ -72,7 +73,7 @@ def list_command() -> None:
     for info in infos:
         rows = "?" if info.rows_estimate is None else f"{info.rows_estimate:,}"
         click.echo(
-            f"{str(info.month or info.name):<8} {_state(info):<9} {rows:>12}"
+            f"{escape(info.month or info.name):<8} {_state(info):<9} {rows:>12}"
             f" {_size(info.size_bytes):>10}  {', '.join(info.indexes) or '-'}"
         )
 
@@ -122,7 +123,8 @@ def ensure_command(ahead: int | None) -> None:
 def retention_command(dry_run: bool, keep_months: int | None, keep_detached: bool | None) -> None:
     """Detach, and drop unless kept, the partitions older than the kept months.
 
-    The current month and later ones are never touched.
+    The current month and later ones are never touched. Runs as the tables'
+    owner: DATABASE_OWNER_URL when set, else DATABASE_URL.
     """
     policy = _policy()
     if keep_months is not None:
@@ -130,7 +132,7 @@ def retention_command(dry_run: bool, keep_months: int | None, keep_detached: boo
     if keep_detached is not None:
         policy = replace(policy, keep_detached=keep_detached)
     now = datetime.now(timezone.utc)
-    engine = _engine()
+    engine = make_owner_engine(get_settings())
     try:
         report = run_retention(engine, policy, now, dry_run=dry_run)
     except PartitionLockTimeout as exc:
@@ -146,9 +148,9 @@ def retention_command(dry_run: bool, keep_months: int | None, keep_detached: boo
     click.echo(f"keeping {plan.oldest_kept} and later")
     verb = "would" if dry_run else "did"
     for info in plan.detach:
-        click.echo(f"{verb} detach {info.name} ({_size(info.size_bytes)})")
+        click.echo(f"{verb} detach {escape(info.name)} ({_size(info.size_bytes)})")
     for info in plan.drop:
-        click.echo(f"{verb} drop {info.name} ({_size(info.size_bytes)})")
+        click.echo(f"{verb} drop {escape(info.name)} ({_size(info.size_bytes)})")
     if not plan.detach and not plan.drop:
         click.echo("nothing to retire")
     if not dry_run:

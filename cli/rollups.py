@@ -1,7 +1,8 @@
 """``python -m cli rollups ...``: run and rebuild the rollups, and read them.
 
 Times are ISO 8601 (``2026-11-01``, ``2026-11-01T13:00``, ``...+02:00``); a
-time without an offset is UTC.
+time without an offset is UTC. Names that came from clients (features, users)
+are printed with their control characters escaped (monitoring.escape).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 from sqlalchemy import Connection, Engine
 
 from config import get_settings
+from monitoring.escape import escape
 from queries import rollups as q
 from storage.db import make_engine
 from storage.rollups import rebuild as rebuild_range
@@ -118,11 +120,11 @@ def summary_command(tenant: str, start: datetime | None, end: datetime | None) -
     start, end = _range(start, end)
     rows = _read(lambda conn: q.feature_summary(conn, tenant, start, end))
     h0, h1 = q.hour_span(start, end)
-    click.echo(f"tenant {tenant}, {h0.isoformat()} .. {h1.isoformat()}")
+    click.echo(f"tenant {escape(tenant)}, {h0.isoformat()} .. {h1.isoformat()}")
     click.echo(f"{'feature':<24}{'calls':>10}{'errors':>8}{'err %':>7}{'tokens':>13}{'avg':>8}{'p50':>8}{'p95':>8}{'p99':>8}")
     for r in rows:
         click.echo(
-            f"{r.feature_name:<24}{r.calls:>10,}{r.errors:>8,}{100 * r.error_rate:>7.2f}{r.tokens_used:>13,}"
+            f"{escape(r.feature_name):<24}{r.calls:>10,}{r.errors:>8,}{100 * r.error_rate:>7.2f}{r.tokens_used:>13,}"
             f"{_ms(r.latency_avg_ms):>8}{_ms(r.latency_p50_ms):>8}{_ms(r.latency_p95_ms):>8}{_ms(r.latency_p99_ms):>8}"
         )
 
@@ -157,7 +159,7 @@ def top_users_command(
     users = _read(lambda conn: q.top_users(conn, tenant, start, end, limit, feature))
     click.echo(f"{'user':<32}{'calls':>10}{'errors':>8}{'tokens':>13}")
     for u in users:
-        click.echo(f"{u.user_id:<32}{u.calls:>10,}{u.errors:>8,}{u.tokens_used:>13,}")
+        click.echo(f"{escape(u.user_id):<32}{u.calls:>10,}{u.errors:>8,}{u.tokens_used:>13,}")
 
 
 @rollups.command("error-rates")
@@ -168,7 +170,7 @@ def error_rates_command(tenant: str, start: datetime | None, end: datetime | Non
     rates = _read(lambda conn: q.error_rate_by_feature(conn, tenant, start, end))
     click.echo(f"{'feature':<24}{'calls':>10}{'errors':>8}{'err %':>7}")
     for r in rates:
-        click.echo(f"{r.feature_name:<24}{r.calls:>10,}{r.errors:>8,}{100 * r.error_rate:>7.2f}")
+        click.echo(f"{escape(r.feature_name):<24}{r.calls:>10,}{r.errors:>8,}{100 * r.error_rate:>7.2f}")
 
 
 @rollups.command("active-users")
@@ -180,4 +182,4 @@ def active_users_command(tenant: str, start: datetime | None, end: datetime | No
     rows = _read(lambda conn: q.active_users(conn, tenant, start, end, feature))
     click.echo(f"{'day':<12}{'feature':<24}{'users':>8}")
     for r in rows:
-        click.echo(f"{r.day.date().isoformat():<12}{r.feature_name:<24}{r.users:>8,}")
+        click.echo(f"{r.day.date().isoformat():<12}{escape(r.feature_name):<24}{r.users:>8,}")

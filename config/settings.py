@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,27 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics",
         description="SQLAlchemy URL of the PostgreSQL database.",
+    )
+    database_owner_url: str = Field(
+        "",
+        description="URL of the role that owns the tables (python -m cli migrate --create-roles), "
+        "used only by migrations and partition retention (DETACH/DROP need the owner); "
+        "empty: DATABASE_URL.",
+    )
+    database_role_prefix: str = Field(
+        "analytics",
+        pattern=r"^[a-z_][a-z0-9_]{0,40}$",
+        description="Names of the roles python -m cli migrate --create-roles creates: "
+        "<prefix>_owner, <prefix>_worker, <prefix>_web.",
+    )
+    database_owner_password: SecretStr | None = Field(
+        None, description="Password set on <prefix>_owner by --create-roles; unset: none set."
+    )
+    database_worker_password: SecretStr | None = Field(
+        None, description="Password set on <prefix>_worker by --create-roles; unset: none set."
+    )
+    database_web_password: SecretStr | None = Field(
+        None, description="Password set on <prefix>_web by --create-roles; unset: none set."
     )
     celery_broker_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672//",

@@ -34,7 +34,7 @@ from demo.processes import ROOT, Processes
 from demo.services import start_services
 from models import AnalyticsEvent
 from producer import Tracker
-from storage.api_keys import create_key
+from storage.api_keys import create_key, revoke_named
 from storage.migrate import DatabaseUnreachable, migrate
 from web.ai import FEATURES
 
@@ -170,9 +170,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def dashboard_key(engine: Engine, tenant: str) -> None:
-    """A fresh key of the demo's first tenant, for the dashboard page, kept in a file."""
+    """A fresh key of the demo's first tenant, for the dashboard page, kept in a file.
+
+    The keys an earlier ``./run`` made for it are revoked first, in the same
+    transaction: one live demo key at a time, never a pile of forgotten ones.
+    """
+    name = "demo dashboard"
     with Session(engine) as session, session.begin():
-        _, key = create_key(session, name="demo dashboard", tenant_id=tenant)
+        revoke_named(session, tenant_id=tenant, name=name)
+        _, key = create_key(session, name=name, tenant_id=tenant)
     DASHBOARD_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
     DASHBOARD_KEY_FILE.unlink(missing_ok=True)
     fd = os.open(DASHBOARD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -4,6 +4,9 @@ A key reads ``ak_<prefix>_<secret>``. The prefix is public (it names the key
 in listings and finds its row); only the SHA-256 of the whole key is stored.
 Keys are 256-bit random strings, so a fast hash is enough: there is nothing
 to brute-force the way there is with a password.
+
+A key may expire (``expires_at``); ``last_used_at`` tells an operator which
+keys are still in use before revoking one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(MAX_KEY_NAME_LEN))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Written at most once per storage.api_keys.LAST_USED_RESOLUTION per key, not per request.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: never
 
     __table_args__ = (
         CheckConstraint(

@@ -1,4 +1,10 @@
-"""Creating, checking and revoking API keys."""
+"""Creating, checking and revoking API keys.
+
+Authenticating a key also records when it was last used, at most once per
+``LAST_USED_RESOLUTION`` per key: a conditional UPDATE in the caller's
+transaction when the stored time is older than that, nothing otherwise, so a
+busy key costs one write a minute, not one per request.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from models.api_key import PREFIX_LEN, SCOPE_ADMIN, SCOPE_TENANT, ApiKey
@@ -16,10 +22,11 @@ from schema.event import MAX_TENANT_ID_LEN, check_str
 
 KEY_MARK = "ak"
 SECRET_BYTES = 32
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 class KeyRejected(Exception):
-    """The presented key is malformed, unknown or revoked (the message says which)."""
+    """The presented key is malformed, unknown, revoked or expired (the message says which)."""
 
 
 @dataclass(frozen=True)
@@ -39,22 +46,43 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str, tenant_id: str | None, admin: bool = False) -> tuple[ApiKey, str]:
-    """A new key row and the key itself, which is shown once and never stored."""
+def create_key(
+    session: Session,
+    *,
+    name: str,
+    tenant_id: str | None,
+    admin: bool = False,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key row and the key itself, which is shown once and never stored.
+
+    ``expires_at`` (timezone-aware, in the future) or None for a key that does not expire.
+    """
     if admin == (tenant_id is not None):
         raise ValueError("a key is either for one tenant (give tenant_id) or admin, not both or neither")
     if tenant_id is not None:
         check_str("tenant_id", tenant_id, MAX_TENANT_ID_LEN)
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware")
+        if expires_at <= datetime.now(timezone.utc):
+            raise ValueError(f"expires_at {expires_at.isoformat()} is not in the future")
     prefix = secrets.token_hex(PREFIX_LEN // 2)
     key = f"{KEY_MARK}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
     row = ApiKey(prefix=prefix, key_hash=_hash(key), scope=SCOPE_ADMIN if admin else SCOPE_TENANT,
-                 tenant_id=tenant_id, name=name)  # fmt: skip
+                 tenant_id=tenant_id, name=name, expires_at=expires_at)  # fmt: skip
     session.add(row)
     session.flush()
     return row, key
 
 
 def authenticate(session: Session, key: str) -> Principal:
+    """Who ``key`` is, or KeyRejected saying why not.
+
+    Records the use (see the module docstring) in the session's transaction:
+    the caller commits it. A caller that does not commit loses only the
+    bookkeeping, never the answer.
+    """
     mark, _, rest = key.partition("_")
     prefix, _, secret = rest.partition("_")
     if mark != KEY_MARK or len(prefix) != PREFIX_LEN or not secret:
@@ -64,6 +92,20 @@ def authenticate(session: Session, key: str) -> Principal:
         raise KeyRejected("unknown API key")
     if row.revoked_at is not None:
         raise KeyRejected("revoked API key")
+    now = datetime.now(timezone.utc)
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyRejected("expired API key")
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        # The condition again in SQL: of concurrent requests in the same minute, one writes.
+        session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == row.id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= now - LAST_USED_RESOLUTION),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
     return Principal(key_id=row.id, scope=row.scope, tenant_id=row.tenant_id)
 
 
@@ -75,6 +117,16 @@ def revoke(session: Session, prefix: str) -> bool:
         .values(revoked_at=datetime.now(timezone.utc))
     )
     return result.rowcount == 1
+
+
+def revoke_named(session: Session, *, tenant_id: str, name: str) -> int:
+    """Revoke every live key of ``tenant_id`` called ``name``; returns how many."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.tenant_id == tenant_id, ApiKey.name == name, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(timezone.utc))
+    )
+    return result.rowcount
 
 
 def list_keys(session: Session, tenant_id: str | None = None) -> list[ApiKey]:

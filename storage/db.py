@@ -28,3 +28,17 @@ def make_engine(settings: Settings) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def owner_url(settings: Settings) -> str:
+    """The URL of the tables' owner: DATABASE_OWNER_URL, else DATABASE_URL.
+
+    Only migrations and partition retention use it (storage.roles): every
+    other path runs as the process's own role.
+    """
+    return settings.database_owner_url or settings.database_url
+
+
+def make_owner_engine(settings: Settings) -> Engine:
+    """An engine connected as the owner (``owner_url``); small, it runs maintenance only."""
+    return create_engine(owner_url(settings), pool_size=1, pool_pre_ping=True, pool_recycle=POOL_RECYCLE_S)

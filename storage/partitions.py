@@ -5,7 +5,10 @@ attached: ``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent, which
 does not conflict with inserts (ROW EXCLUSIVE) or reads (ACCESS SHARE), while
 ``CREATE TABLE .. PARTITION OF`` would take ACCESS EXCLUSIVE and stall both.
 ATTACH builds the parent's indexes on the new, empty table, so every partition
-has them. A transaction-scoped advisory lock serialises creators (two beat
+has them. The two statements are the function ``analytics_events_create_month``
+(migration 0005), SECURITY DEFINER and owned by the table's owner, so that a
+worker connected as a role that owns nothing (storage.roles) can create its
+month. A transaction-scoped advisory lock serialises creators (two beat
 processes, two workers, a migration) so that each month is created once, and a
 short ``lock_timeout`` with retries keeps a creator from queueing behind a long
 DDL while holding others up.
@@ -65,6 +68,9 @@ RETRY_CAP_S = 5.0
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01"})
 CHECK_VIOLATION = "23514"
 NO_PARTITION_MESSAGE = "no partition of relation"
+# The one place a month is created: a SECURITY DEFINER function owned by the
+# table's owner (migration 0005), so that a worker role owning nothing may call it.
+CREATE_MONTH = text("SELECT analytics_events_create_month(:month_start)")
 
 T = TypeVar("T")
 
@@ -339,7 +345,6 @@ def ensure_months(
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PARTITION_LOCK_KEY})
     tables = {p.month: p for p in list_partitions(conn) if p.month is not None}
     created = []
-    quote = conn.dialect.identifier_preparer.quote
     for month in sorted(set(months)):
         found = tables.get(month)
         if found is not None:
@@ -352,17 +357,10 @@ def ensure_months(
                     found.name, month,
                 )
             continue
-        name = quote(month.table_name)
-        conn.execute(
-            text(
-                f"CREATE TABLE {name} (LIKE {PARENT_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            )
-        )
-        # FOR VALUES takes no bound parameters; the literals come from Month's
-        # integers, never from input.
-        bounds = f"FROM ('{month.start.isoformat()}') TO ('{month.end.isoformat()}')"
-        conn.execute(text(f"ALTER TABLE {PARENT_TABLE} ATTACH PARTITION {name} FOR VALUES {bounds}"))
-        created.append(month)
+        # The DDL itself is the owner's function (migration 0005): CREATE TABLE
+        # (LIKE ..) + ATTACH need the table's owner, and the worker role is not.
+        if conn.execute(CREATE_MONTH, {"month_start": month.start.date()}).scalar_one():
+            created.append(month)
     _set_lock_timeout(conn, previous, local=True)
     return created
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
-from storage.db import make_engine, make_session_factory
+from storage.db import make_engine, make_owner_engine, make_session_factory
 
 
 class DatabaseTask(Task):
@@ -24,3 +24,8 @@ class DatabaseTask(Task):
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
         return make_session_factory(self.engine)
+
+    @cached_property
+    def owner_engine(self) -> Engine:
+        """As the tables' owner (DATABASE_OWNER_URL, else DATABASE_URL): partition retention only."""
+        return make_owner_engine(get_settings())

@@ -33,7 +33,8 @@ def ensure_ahead(self: DatabaseTask) -> list[str]:
 def apply_retention(self: DatabaseTask) -> dict[str, Any]:
     """Detach and drop (or keep detached) the months older than retention."""
     policy = PartitionPolicy.from_settings(get_settings())
-    report = run_retention(self.engine, policy, datetime.now(timezone.utc))
+    # DETACH and DROP need the owner, and cannot run inside the worker role's function.
+    report = run_retention(self.owner_engine, policy, datetime.now(timezone.utc))
     if report.skipped:
         logger.info("retention skipped: %s", report.skipped)
     return {"detached": report.detached, "dropped": report.dropped, "skipped": report.skipped}

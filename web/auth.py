@@ -30,7 +30,7 @@ class ErrorDetail(BaseModel):
 
 # For the OpenAPI schema of routes behind ``principal``: what a refused key gets.
 KEY_REFUSED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorDetail, "description": "Missing, malformed, unknown or revoked API key"},
+    401: {"model": ErrorDetail, "description": "Missing, malformed, unknown, revoked or expired API key"},
 }
 # For routes that read a JSON body: one that is not even text (not UTF-8) gets FastAPI's 400.
 BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
@@ -51,7 +51,8 @@ def principal(
     if not key:
         raise HTTPException(401, "an API key is required (Authorization: Bearer ak_...)", UNAUTHORIZED_HEADERS)
     try:
-        with sessions(request)() as session:
+        # begin(): authenticate records the key's last use (at most once a minute) and this commits it.
+        with sessions(request).begin() as session:
             return authenticate(session, key)
     except KeyRejected as exc:
         raise HTTPException(401, str(exc), UNAUTHORIZED_HEADERS) from None

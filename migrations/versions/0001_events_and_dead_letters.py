@@ -1,4 +1,7 @@
-"""Partitioned analytics_events, dead_letters, and the first two monthly partitions.
+"""Partitioned analytics_events and dead_letters.
+
+The first monthly partitions are created by 0005, through the function that is
+the one place partitions are created (storage.partitions.ensure_months).
 
 Revision ID: 0001
 Revises:
@@ -7,12 +10,8 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import sqlalchemy as sa
 from alembic import op
-
-from storage.partitions import ensure_months, months_ahead
 
 revision = "0001"
 down_revision = None
@@ -64,8 +63,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_dead_letters"),
         sa.UniqueConstraint("fingerprint", name="uq_dead_letters_fingerprint"),
     )
-
-    ensure_months(op.get_bind(), months_ahead(datetime.now(timezone.utc), ahead=1))
 
 
 def downgrade() -> None:
