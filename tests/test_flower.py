@@ -6,13 +6,20 @@ and count the ingest tasks the worker ran, as the worker's own log has them.
 The backlog is made by asking the worker, through Flower's API, to stop
 consuming the queue while the producer publishes, then to consume it again.
 Without credentials, or with wrong ones, Flower answers 401.
+
+Flower runs from the Procfile's own ``flower:`` line, with its credentials and
+the broker API URL in FLOWER_* environment variables: its command line, which
+any local user can read (``ps``, /proc/<pid>/cmdline), holds neither.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +30,9 @@ from sqlalchemy import Engine, text
 
 from config import Settings
 from producer import Tracker
-from tests.web_server import Server, flower_server
-from tests.workers import Worker, celery_worker, describe, wait_for
+from tests.servers import spare_port
+from tests.web_server import Server, _serve
+from tests.workers import REPO_ROOT, Worker, celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 BROKER_API = "http://guest:guest@127.0.0.1:15672/api/"
@@ -44,6 +52,27 @@ def _broker_count(queue: str) -> int:
         return conn.default_channel.queue_declare(queue, passive=True).message_count
 
 
+def procfile_command(name: str) -> str:
+    """The shell command of the Procfile's process ``name``."""
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        process, _, command = line.partition(":")
+        if process.strip() == name:
+            return command.strip()
+    raise AssertionError(f"no {name}: line in the Procfile")
+
+
+@contextmanager
+def procfile_flower(log_dir: Path, auth: tuple[str, str], broker_url: str, queue: str) -> Iterator[Server]:
+    """The Procfile's ``flower:`` line run by sh as honcho does, secrets in its environment only."""
+    port = spare_port()
+    env = {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{auth[0]}:{auth[1]}", "FLOWER_BROKER_API": BROKER_API,
+           "CELERY_BROKER_URL": broker_url, "INGEST_QUEUE": queue,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    with _serve("flower", ["sh", "-c", procfile_command("flower")], port, "/api/workers", log_dir, env,
+                auth=auth) as server:  # fmt: skip
+        yield server
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Server, Worker, str, tuple[str, str]]]:
     """A worker on a private queue and Flower watching it, with a password made for this test."""
@@ -51,7 +80,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Server, Worker, str, tuple[str, st
     auth = (FLOWER_USER, secrets.token_urlsafe(16))
     try:
         with celery_worker(RABBITMQ, queue, log_dir=tmp_path, stop_timeout=2) as worker, \
-                flower_server(tmp_path, auth, RABBITMQ, BROKER_API, {"INGEST_QUEUE": queue}) as flower:  # fmt: skip
+                procfile_flower(tmp_path, auth, RABBITMQ, queue) as flower:  # fmt: skip
             yield flower, worker, queue, auth
     finally:
         with Connection(RABBITMQ) as conn:
@@ -144,3 +173,14 @@ def test_flower_refuses_requests_without_credentials(running: tuple[Server, Work
             assert anonymous.headers.get("www-authenticate", "").lower().startswith("basic"), path
         wrong = httpx.get(flower.url + path, auth=(user, password + "x"), timeout=HTTP_TIMEOUT_S)
         assert wrong.status_code == httpx.codes.UNAUTHORIZED, (path, wrong.status_code)
+
+
+def test_flower_command_line_holds_no_credentials(running: tuple[Server, Worker, str, tuple[str, str]]) -> None:
+    flower, _, _, (user, password) = running
+    # sh exec'd Flower: this pid is Flower itself, whose command line anyone on the machine can read.
+    cmdline = Path(f"/proc/{flower.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "flower" in cmdline, cmdline
+    assert password not in cmdline and "basic-auth" not in cmdline, cmdline
+    assert "guest:guest" not in cmdline and "broker_api" not in cmdline, cmdline
+    # ... and the credentials from the environment are the ones Flower checks.
+    assert httpx.get(flower.url + "/api/workers", auth=(user, password), timeout=HTTP_TIMEOUT_S).status_code == 200
