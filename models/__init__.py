@@ -5,6 +5,7 @@ from models.base import Base
 from models.dead_letter import DeadLetter
 from models.event import AnalyticsEvent
 from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPendingBatch
+from models.tenant_name import TenantName
 
 __all__ = [
     "ApiKey",
@@ -15,4 +16,5 @@ __all__ = [
     "RollupDailyUser",
     "RollupHourly",
     "RollupPendingBatch",
+    "TenantName",
 ]

@@ -1,8 +1,18 @@
 """The raw usage-event table, range-partitioned by month on ``timestamp``.
 
-The primary key (event_id, timestamp) is the idempotency key: PostgreSQL needs
-the partition key in every unique key, and the producer fixes both values
+The primary key (event_id, tenant_id, timestamp) is the idempotency key, and
+it is per tenant: clients choose event ids, so a key without the tenant let one
+tenant pre-submit another's ids and have that tenant's events dropped as
+duplicates (issue 12). PostgreSQL needs the partition key ``timestamp`` in
+every unique key, and the design wants ``tenant_id`` in every unique key
+(distributable by tenant with Citus). The producer fixes all three values
 before the first publish, so a redelivered event collides with itself.
+
+Column order: ``event_id`` first. The writer's duplicate lookup
+(storage.events) searches by event ids, which the leading column serves;
+UUIDv7 ids are time-ordered, so with the id first every insert lands at the
+right edge of each partition's key index, as before this key changed, while
+``tenant_id`` first would spread a batch's inserts over one edge per tenant.
 Partitions are named ``analytics_events_YYYY_MM`` (see storage.partitions).
 """
 
@@ -10,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Uuid
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, PrimaryKeyConstraint, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, FeatureName, TenantId, UserId, UtcTimestamp
@@ -22,8 +32,8 @@ BATCH_BRIN_PAGES_PER_RANGE = 16  # a 1,000-event batch fills about 20 pages
 class AnalyticsEvent(Base):
     __tablename__ = "analytics_events"
 
-    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    timestamp: Mapped[UtcTimestamp] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    timestamp: Mapped[UtcTimestamp]
     tenant_id: Mapped[TenantId]
     feature_name: Mapped[FeatureName]
     user_id: Mapped[UserId]
@@ -39,6 +49,7 @@ class AnalyticsEvent(Base):
     batch_id: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
+        PrimaryKeyConstraint("event_id", "tenant_id", "timestamp"),
         CheckConstraint("status IN ('success', 'error')", name="status_known"),
         CheckConstraint(
             "input_tokens >= 0 AND output_tokens >= 0 AND latency_ms >= 0"

@@ -9,6 +9,9 @@ SAVEPOINT:
   retention, or further in the future than the allowed clock skew; see
   storage.partitions.AcceptWindow) are refused first, with the reason, before
   any SQL;
+* events naming a feature or model their tenant has not used before, once
+  the tenant has TENANT_MAX_FEATURES (TENANT_MAX_MODELS) of them, are refused
+  with the reason (storage.tenant_names; no SQL for names known committed);
 * the batch is logged in ``rollup_pending_batches`` and its rows stamped with
   that ``batch_id``, in this same transaction (storage.rollups: the rollups
   see the batch exactly when its rows commit); a batch that stores nothing
@@ -16,7 +19,9 @@ SAVEPOINT:
 * the common case is one insert of the whole batch, by the configured writer
   (storage.writers: ``bulk_insert_mappings`` or COPY);
 * a unique violation means some events are already stored (a redelivered
-  message): those are looked up, dropped, and the rest is inserted again;
+  message): those are looked up, dropped, and the rest is inserted again.
+  The key is (event_id, tenant_id, timestamp) (models.event): one tenant's
+  event ids never suppress another's events;
 * a month with no partition (beat has not run, a late event, a clock jump)
   is created by ``ensure_partitions`` in a short transaction of its own, under
   the partition lock, and the rows are inserted again; the hot path pays
@@ -59,12 +64,13 @@ from storage.partitions import (
     is_missing_partition,
 )
 from storage.rollups import discard_batch, open_batch
+from storage.tenant_names import NameCaps, admit_names
 from storage.writers import WRITERS, Writer
 
 # A mapping for bulk_insert_mappings, and the raw wire payload to dead-letter it with
 # (a dict, or schema.message's WirePayload that builds it only if the row is refused).
 Row = tuple[dict[str, Any], Any]
-Key = tuple[UUID, datetime]
+Key = tuple[str, UUID, datetime]  # the primary key: (tenant_id, event_id, timestamp), per tenant
 
 
 @dataclass
@@ -75,7 +81,7 @@ class WriteResult:
 
 
 def _key(mapping: dict[str, Any]) -> Key:
-    return mapping["event_id"], mapping["timestamp"]
+    return mapping["tenant_id"], mapping["event_id"], mapping["timestamp"]
 
 
 def _reason(exc: IntegrityError | DataError) -> str:
@@ -96,13 +102,18 @@ def unique_in_batch(rows: Iterable[Row]) -> tuple[list[Row], int]:
 
 
 def _already_stored(session: Session, rows: list[Row]) -> set[Key]:
+    """Keys of ``rows`` already in the table; another tenant's row with the same id is not one.
+
+    Looked up by event id, the primary key's leading column; the tenant and
+    timestamp are compared here.
+    """
     ids = [row[0]["event_id"] for row in rows]
     found = session.execute(
-        select(AnalyticsEvent.event_id, AnalyticsEvent.timestamp).where(
+        select(AnalyticsEvent.tenant_id, AnalyticsEvent.event_id, AnalyticsEvent.timestamp).where(
             AnalyticsEvent.event_id.in_(ids)
         )
     )
-    return {(event_id, ts) for event_id, ts in found}
+    return {(tenant_id, event_id, ts) for tenant_id, event_id, ts in found}
 
 
 def _inside(window: AcceptWindow, rows: list[Row], rejected: list[Rejected]) -> list[Row]:
@@ -177,10 +188,11 @@ def store_batch(
     *,
     policy: PartitionPolicy | None = None,
     writer: Writer | None = None,
+    caps: NameCaps | None = None,
 ) -> WriteResult:
     """Insert ``rows`` in the session's transaction; see the module docstring.
 
-    ``policy`` and ``writer`` default to the process's settings.
+    ``policy``, ``writer`` and ``caps`` default to the process's settings.
     """
     settings = get_settings()
     policy = policy or PartitionPolicy.from_settings(settings)
@@ -188,6 +200,7 @@ def store_batch(
     rows, repeats = unique_in_batch(rows)
     result = WriteResult(duplicates=repeats)
     rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
+    rows = admit_names(session, rows, caps or NameCaps.from_settings(settings), result.rejected)
     months = _MissingMonths(policy)
     # The rollup log (storage.rollups): one row per batch, committed with its rows.
     batch_id = open_batch(session, [mapping["timestamp"] for mapping, _ in rows]) if rows else None

@@ -130,7 +130,7 @@ def test_overlapping_batch_stores_only_the_new_events(engine: Engine, tenant: st
 
 def test_duplicate_event_id_inside_one_batch_is_stored_once(engine: Engine, tenant: str) -> None:
     a, b, c = make_rows(tenant, 3)
-    a_again = tamper(a, user_id="second-copy")  # same key (event_id, timestamp)
+    a_again = tamper(a, user_id="second-copy")  # same key (event_id, tenant_id, timestamp)
     result = write(engine, [a, b, a_again, c, b])
     assert (result.stored, result.duplicates, result.rejected) == (3, 2, [])
     assert stored(engine, tenant) == (3, 3)
@@ -139,6 +139,42 @@ def test_duplicate_event_id_inside_one_batch_is_stored_once(engine: Engine, tena
             text("SELECT user_id FROM analytics_events WHERE event_id = :id"), {"id": a[0]["event_id"]}
         ).scalar_one()
     assert user == a[0]["user_id"], "the first copy in the batch wins"
+
+
+def as_tenant(row: Row, tenant: str) -> Row:
+    """The same event id and timestamp, sent by another tenant."""
+    return tamper(row, tenant_id=tenant)
+
+
+def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(engine: Engine, tenant: str) -> None:
+    """Issue 12 finding 6: tenant A's pre-submitted ids must not drop tenant B's events."""
+    attacker = f"{tenant}-a"
+    victim_rows = make_rows(tenant, 20)
+    stolen = [as_tenant(row, attacker) for row in victim_rows]
+    assert (write(engine, stolen).stored, stored(engine, attacker)) == (20, (20, 20))
+    victim = write(engine, victim_rows)
+    assert (victim.stored, victim.duplicates, victim.rejected) == (20, 0, [])
+    assert stored_ids(engine, tenant) == stored_ids(engine, attacker) == {m["event_id"] for m, _ in victim_rows}
+    # Both tenants in one batch too: two events each, none a duplicate of the other.
+    both = make_rows(tenant, 5)
+    mixed = both + [as_tenant(row, attacker) for row in both]
+    assert (write(engine, mixed).stored, stored(engine, tenant)[0], stored(engine, attacker)[0]) == (10, 25, 25)
+
+
+def test_a_redelivered_two_tenant_batch_stores_nothing_twice(engine: Engine, tenant: str) -> None:
+    other = f"{tenant}-b"
+    rows = make_rows(tenant, 30)
+    batch = rows + [as_tenant(row, other) for row in rows]
+    assert write(engine, batch).stored == 60
+    again = write(engine, batch)
+    assert (again.stored, again.duplicates, again.rejected) == (0, 60, [])
+    # Partly stored: only the other tenant's copies are new.
+    third = f"{tenant}-c"
+    partly = batch[:10] + [as_tenant(row, third) for row in rows[:10]]
+    result = write(engine, partly)
+    assert (result.stored, result.duplicates) == (10, 10)
+    assert stored(engine, tenant) == stored(engine, other) == (30, 30)
+    assert stored(engine, third) == (10, 10)
 
 
 def test_store_batch_commits_with_the_callers_transaction(engine: Engine, tenant: str) -> None:
