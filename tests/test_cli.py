@@ -1,10 +1,12 @@
-"""The operator CLI: --help everywhere, migrate and load (happy path and main error)."""
+"""The operator CLI: --help everywhere, migrate and load (happy path and main error), API keys
+(expiry, last use), the demo's key, and stored names printed with their control characters escaped."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -144,3 +146,130 @@ def test_report_prints_the_tenants_tables(engine: Engine) -> None:
     assert "user-0" in result.output
     bad = CliRunner().invoke(cli, ["report", "--tenant", tenant, "--from", "yesterday"])
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
+
+
+def _key_row(engine: Engine, prefix: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT id, last_used_at, expires_at FROM api_keys WHERE prefix = :p"),
+                            {"p": prefix}).one()  # fmt: skip
+
+
+def test_api_keys_expire_and_record_their_last_use_once_a_minute(engine: Engine) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy.orm import Session
+
+    from storage.api_keys import KeyRejected, authenticate
+    from web.app import app
+
+    runner = CliRunner()
+    tenant = f"exp-{uuid.uuid4().hex[:6]}"
+    created = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--expires-in-days", "2"])
+    assert created.exit_code == 0, created.output
+    prefix, key = created.output.split()[3], created.output.splitlines()[1]
+    expires = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d")
+    assert f"expires {expires}" in created.output
+    listed = runner.invoke(cli, ["api-keys", "list", "--tenant", tenant]).output
+    line = next(row for row in listed.splitlines() if row.startswith(prefix))
+    assert "last used" in listed and "expires" in listed
+    assert "never" in line and expires in line and line.endswith("active"), line
+
+    # Last use: written by the first request, not again within the minute, again after it.
+    with TestClient(app) as client:
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    first = _key_row(engine, prefix).last_used_at
+    assert first is not None and datetime.now(timezone.utc) - first < timedelta(minutes=1)
+    with Session(engine) as session, session.begin():
+        authenticate(session, key)
+    assert _key_row(engine, prefix).last_used_at == first  # no write within the minute
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE api_keys SET last_used_at = last_used_at - interval '61 seconds'"
+                          " WHERE prefix = :p"), {"p": prefix})  # fmt: skip
+    with Session(engine) as session, session.begin():
+        authenticate(session, key)
+    assert _key_row(engine, prefix).last_used_at > first
+    used = runner.invoke(cli, ["api-keys", "list", "--tenant", tenant]).output
+    assert "never" not in next(row for row in used.splitlines() if row.startswith(prefix))  # used, expiring
+
+    # Expired: refused with its reason, over HTTP too, and listed as expired.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE prefix = :p"),
+                     {"p": prefix})  # fmt: skip
+    with Session(engine) as session, pytest.raises(KeyRejected, match="expired API key"):
+        authenticate(session, key)
+    with TestClient(app) as client:
+        response = client.get("/api/me", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 401 and response.json()["detail"] == "expired API key"
+    assert runner.invoke(cli, ["api-keys", "list", "--tenant", tenant]).output.rstrip().endswith("expired")
+
+    on_date = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--expires", "2999-01-31"])
+    assert on_date.exit_code == 0 and "expires 2999-01-31 00:00 UTC" in on_date.output, on_date.output
+    past = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--expires", "2001-01-01"])
+    assert past.exit_code == 2 and "not in the future" in past.output
+    both = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--expires", "2999-01-31",
+                               "--expires-in-days", "3"])  # fmt: skip
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_dashboard_key_revokes_the_demo_key_made_before(engine: Engine, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import demo.__main__ as demo_main
+    from storage.api_keys import list_keys
+    from sqlalchemy.orm import Session
+
+    monkeypatch.setattr(demo_main, "DASHBOARD_KEY_FILE", tmp_path / "dashboard-key")
+    tenant = f"demo-{uuid.uuid4().hex[:6]}"
+    for _ in range(3):
+        demo_main.dashboard_key(engine, tenant)
+    key = (tmp_path / "dashboard-key").read_text().strip()
+    with Session(engine) as session:
+        keys = list_keys(session, tenant)
+    live = [row for row in keys if row.revoked_at is None]
+    assert len(keys) == 3 and len(live) == 1 and key.startswith(f"ak_{live[0].prefix}_")
+
+
+# A feature name that would clear the operator's screen, ring the bell, move the
+# cursor (C1 CSI) and start a new line; none of it may reach the terminal raw.
+HOSTILE_FEATURE = "evil\x1b[2J\x07\x9b31m\nfeature"
+ESCAPED_FEATURE = "evil\\x1b[2J\\x07\\x9b31m\\x0afeature"
+
+
+def test_control_characters_of_stored_names_are_printed_escaped(engine: Engine) -> None:
+    from schema.event import WIRE_FIELDS, parse_wire_row
+    from sqlalchemy.orm import Session
+
+    from storage.dead_letters import Rejected, record
+    from storage.events import store_batch
+    from storage.rollups import run_until_idle
+
+    tenant = f"esc-{uuid.uuid4().hex[:6]}"
+    now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    wires = [[uuid.uuid4().hex, tenant, HOSTILE_FEATURE, "user\x1b]0;owned\x07", None, 5, 5, None, 100, "success",
+              None, now_us - i] for i in range(3)]  # fmt: skip
+    reason = f"test {tenant}: feature {HOSTILE_FEATURE} refused"
+    with Session(engine) as session, session.begin():
+        assert store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires]).stored == 3
+        record(session, [Rejected(payload={"feature_name": HOSTILE_FEATURE, "tenant": tenant}, reason=reason)])
+    run_until_idle(engine)
+    runner = CliRunner()
+    # color=True: output as to a terminal (click strips ANSI sequences from other output, not BEL or C1).
+    outputs = {
+        "summary": runner.invoke(cli, ["rollups", "summary", "--tenant", tenant], color=True),
+        "error-rates": runner.invoke(cli, ["rollups", "error-rates", "--tenant", tenant], color=True),
+        "top-users": runner.invoke(cli, ["rollups", "top-users", "--tenant", tenant], color=True),
+        "dead-letters": runner.invoke(cli, ["dead-letters", "list", "--payload", "--limit", "1000"], color=True),
+    }
+    for name, result in outputs.items():
+        assert result.exit_code == 0, (name, result.output)
+        raw = [ch for ch in result.output if (ord(ch) < 0x20 and ch != "\n") or 0x7F <= ord(ch) < 0xA0]
+        assert raw == [], (name, raw)
+    assert ESCAPED_FEATURE in outputs["summary"].output
+    assert ESCAPED_FEATURE in outputs["error-rates"].output
+    assert "user\\x1b]0;owned\\x07" in outputs["top-users"].output
+    assert f"test {tenant}: feature {ESCAPED_FEATURE}"[:60] in outputs["dead-letters"].output
+
+
+def test_escape_leaves_ordinary_text_alone() -> None:
+    from monitoring.escape import escape
+
+    assert escape("résumé-search 検索 🙂 a\\b") == "résumé-search 検索 🙂 a\\b"
+    assert escape("\x00\x1f\x7f\x85\u202e\u2028") == "\\x00\\x1f\\x7f\\x85\\u202e\\u2028"
