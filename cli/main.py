@@ -13,6 +13,7 @@ from cli.migrate import migrate_command
 from cli.partitions import partitions
 from cli.report import report_command
 from cli.rollups import rollups
+from monitoring.escape import install_log_escaping
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,4 +36,5 @@ cli.add_command(report_command)
 
 
 def main() -> None:
+    install_log_escaping()  # stored names in log arguments reach the terminal escaped too
     cli(prog_name="python -m cli")

@@ -273,3 +273,24 @@ def test_escape_leaves_ordinary_text_alone() -> None:
 
     assert escape("résumé-search 検索 🙂 a\\b") == "résumé-search 検索 🙂 a\\b"
     assert escape("\x00\x1f\x7f\x85\u202e\u2028") == "\\x00\\x1f\\x7f\\x85\\u202e\\u2028"
+
+
+def test_log_escaping_escapes_the_arguments_of_every_record(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from monitoring import escape as escape_module
+
+    # Installed for this test only: the rest of the session keeps the factory it had.
+    monkeypatch.setattr(escape_module, "_installed", False)
+    original = logging.getLogRecordFactory()
+    try:
+        escape_module.install_log_escaping()
+        escape_module.install_log_escaping()  # idempotent: escaped once, not twice
+        with caplog.at_level(logging.INFO, logger="tests.escape"):
+            logging.getLogger("tests.escape").info("feature %s of tenant %s, %d rows", HOSTILE_FEATURE, "t\x1b", 3)
+            logging.getLogger("tests.escape").info("by name: %(f)s", {"f": "a\nforged line"})
+    finally:
+        logging.setLogRecordFactory(original)
+    assert caplog.messages == [f"feature {ESCAPED_FEATURE} of tenant t\\x1b, 3 rows", "by name: a\\x0aforged line"]
