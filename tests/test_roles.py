@@ -14,10 +14,13 @@ dropped at the end (roles are cluster-wide and other runs share the server).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -36,6 +39,7 @@ from storage.events import store_batch
 from storage.migrate import MigrateReport, migrate, migrate_with_roles
 from storage.partitions import Month, PartitionPolicy, existing_months, run_retention
 from storage.roles import OWNER, WEB, WORKER, RoleNames, drop_roles, schema_tables
+from tests.workers import REPO_ROOT
 
 INSUFFICIENT_PRIVILEGE = "42501"
 WORKER_PASSWORD = "worker-" + uuid.uuid4().hex  # checked never to be printed
@@ -176,8 +180,10 @@ def test_web_role_reads_a_summary_and_authenticates_but_never_writes(roles_db: R
         with superuser.connect() as conn:
             assert conn.execute(text("SELECT last_used_at FROM api_keys WHERE id = :i"),
                                 {"i": who.key_id}).scalar_one() is not None  # fmt: skip
-        with web.connect() as conn:  # /metrics counts dead letters
+        with web.connect() as conn:  # what /metrics reads: dead letters counted, pending batches, partitions
             assert conn.execute(text("SELECT count(*) FROM dead_letters")).scalar_one() >= 0
+            assert conn.execute(text("SELECT count(*), min(created_at) FROM rollup_pending_batches")).one()[0] >= 1
+            assert Month.of(now) in existing_months(conn)
         # What the web may not do.
         assert _refused(web, "INSERT INTO analytics_events (event_id, timestamp, tenant_id, feature_name, user_id,"
                              " input_tokens, output_tokens, tokens_used, latency_ms, status, batch_id)"
@@ -230,3 +236,38 @@ def test_create_roles_again_through_the_cli_changes_nothing_and_prints_no_passwo
     assert "handed" not in result.output  # everything was the owner's already
     assert WORKER_PASSWORD not in result.output and "warning" not in result.output
     assert bad.exit_code == 2 and "role prefix must match" in bad.output
+
+
+def _procfile_command(name: str) -> str:
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        process, _, command = line.partition(":")
+        if process.strip() == name:
+            return command.strip()
+    raise AssertionError(f"no {name}: line in the Procfile")
+
+
+@pytest.mark.parametrize(("process", "variable", "keeps_owner_url"), [
+    ("web", "WEB_DATABASE_URL", False), ("worker", "WORKER_DATABASE_URL", False), ("rollups", "WORKER_DATABASE_URL", True),
+])  # fmt: skip
+def test_procfile_connects_each_process_as_its_role(
+    process: str, variable: str, keeps_owner_url: bool, tmp_path: Path
+) -> None:
+    """The Procfile line, run as honcho runs it, with stand-ins for uvicorn/celery that print their environment."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for program in ("uvicorn", "celery", "python"):
+        script = fake_bin / program
+        script.write_text('#!/bin/sh\necho "url=$DATABASE_URL owner=${DATABASE_OWNER_URL-unset}"\n')
+        script.chmod(0o755)
+    base = {"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m"),
+            "DATABASE_URL": "postgresql://shared/db", "DATABASE_OWNER_URL": "postgresql://owner/db"}  # fmt: skip
+
+    def run(env: dict[str, str]) -> str:
+        done = subprocess.run(["sh", "-c", _procfile_command(process)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    owner = "postgresql://owner/db" if keeps_owner_url else "unset"
+    assert run({**base, variable: "postgresql://role/db"}) == f"url=postgresql://role/db owner={owner}"
+    assert run(base) == f"url=postgresql://shared/db owner={owner}"  # not set: DATABASE_URL as it was
