@@ -46,8 +46,8 @@ PENDING_KEY: Final = "storage.tenant_names.pending"
 Name = tuple[str, str, str]  # (kind, tenant_id, name)
 Row = tuple[dict[str, Any], Any]  # storage.events.Row
 
-_feature_of = itemgetter("tenant_id", "feature_name")
-_model_of = itemgetter("tenant_id", "model")
+_mapping_of = itemgetter(0)
+_names_of = itemgetter("tenant_id", "feature_name", "model")
 SETTING: Final = {FEATURE: "TENANT_MAX_FEATURES", MODEL: "TENANT_MAX_MODELS"}
 FIELD: Final = {FEATURE: "feature_name", MODEL: "model"}
 
@@ -131,9 +131,10 @@ def admit_names(session: Session, rows: list[Row], caps: NameCaps, rejected: lis
     Runs in the batch's transaction (not in a savepoint): the names it adds
     commit or roll back with the events.
     """
-    mappings = [mapping for mapping, _ in rows]
-    features = set(map(_feature_of, mappings))
-    models = {pair for pair in set(map(_model_of, mappings)) if pair[1] is not None}  # None: no model
+    # One pass over the rows; the rest works on the few distinct combinations.
+    names = set(map(_names_of, map(_mapping_of, rows)))
+    features = {(tenant, feature) for tenant, feature, _ in names}
+    models = {(tenant, model) for tenant, _, model in names if model is not None}  # None: no model
     new_features, new_models = KNOWN.unknown(features, models)
     if not new_features and not new_models:
         return rows
