@@ -41,6 +41,14 @@ DAY = timedelta(days=1)
 DEFAULT_TOP_USERS = 10
 
 
+class TooManyRows(Exception):
+    """A query would return more than the ``max_rows`` its caller allows (it stopped reading at one more)."""
+
+    def __init__(self, max_rows: int) -> None:
+        super().__init__(f"more than {max_rows:,} rows")
+        self.max_rows = max_rows
+
+
 # --- results ------------------------------------------------------------------
 
 
@@ -132,6 +140,33 @@ def day_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return _floor(start, DAY), _ceil(end, DAY)
 
 
+def bucket_count(start: datetime, end: datetime, granularity: Granularity) -> int:
+    """How many points a full ``time_series`` over [start, end) can have: hours, or UTC days those hours touch."""
+    h0, h1 = hour_span(start, end)
+    if granularity == "day":
+        d0, d1 = day_span(h0, h1)
+        return (d1 - d0) // DAY
+    return (h1 - h0) // HOUR
+
+
+def day_count(start: datetime, end: datetime) -> int:
+    """How many UTC days a per-user query over [start, end) answers for."""
+    d0, d1 = day_span(start, end)
+    return (d1 - d0) // DAY
+
+
+def _capped(rows: list[Any], max_rows: int | None) -> list[Any]:
+    """``rows`` read with ``LIMIT max_rows + 1``: refuse them if the extra row came."""
+    if max_rows is not None and len(rows) > max_rows:
+        raise TooManyRows(max_rows)
+    return rows
+
+
+def _limit(max_rows: int | None) -> int | None:
+    """The LIMIT bound for ``max_rows`` (one more, to tell "exactly" from "more"); None is no limit."""
+    return None if max_rows is None else max_rows + 1
+
+
 @contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A read-only REPEATABLE READ transaction: rollups and pending log seen at one instant."""
@@ -202,10 +237,17 @@ hists AS (
     FROM per_bucket GROUP BY key)
 SELECT totals.*, hists.hist_buckets, hists.hist_counts
 FROM totals JOIN hists USING (key)
-ORDER BY key"""
+ORDER BY key
+LIMIT :row_limit"""
 COUNTS_QUERY = """
 SELECT feature_name, sum(calls)::bigint AS calls, sum(errors)::bigint AS errors
-FROM ({cells}) AS cells GROUP BY feature_name ORDER BY feature_name"""
+FROM ({cells}) AS cells GROUP BY feature_name ORDER BY feature_name
+LIMIT :row_limit"""
+# The features with the most calls, and how many features had calls at all.
+TOP_FEATURES_QUERY = """
+SELECT feature_name, calls, count(*) OVER () AS features
+FROM (SELECT feature_name, sum(calls)::bigint AS calls FROM ({cells}) AS cells GROUP BY feature_name) AS f
+ORDER BY calls DESC, feature_name LIMIT :count"""
 
 # Per-user parts reuse the plan's :h0/:h1 as whole-day bounds.
 USERS_PART = """
@@ -220,7 +262,8 @@ SELECT user_id, sum(calls)::bigint AS calls, sum(errors)::bigint AS errors, sum(
 FROM ({users}) AS u GROUP BY user_id ORDER BY calls DESC, user_id LIMIT :limit"""
 ACTIVE_USERS_QUERY = """
 SELECT day, feature_name, count(DISTINCT user_id) AS users
-FROM ({users}) AS u GROUP BY day, feature_name ORDER BY day, feature_name"""
+FROM ({users}) AS u GROUP BY day, feature_name ORDER BY day, feature_name
+LIMIT :row_limit"""
 
 PENDING_IN_RANGE = text(
     "SELECT batch_id FROM rollup_pending_batches WHERE max_ts >= :h0 AND min_ts < :h1 ORDER BY batch_id"
@@ -281,16 +324,16 @@ def _figures(row: Any) -> dict[str, Any]:
 
 
 def feature_summary(
-    conn: Connection, tenant: str, start: datetime, end: datetime
+    conn: Connection, tenant: str, start: datetime, end: datetime, *, max_rows: int | None = None
 ) -> list[FeatureSummary]:
-    """Per feature over ``hour_span(start, end)``: calls, errors, tokens, latency avg/p50/p95/p99."""
+    """Per feature over ``hour_span(start, end)``: calls, errors, tokens, latency avg/p50/p95/p99.
+
+    More than ``max_rows`` features raise TooManyRows (the rows are never all read)."""
     h0, h1 = hour_span(start, end)
     plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
     sql = FIGURES_QUERY.format(cells=plan.union, key="feature_name", totals=TOTALS)
-    return [
-        FeatureSummary(feature_name=row.key, **_figures(row))
-        for row in conn.execute(text(sql), plan.params)
-    ]
+    rows = _capped(conn.execute(text(sql), {**plan.params, "row_limit": _limit(max_rows)}).all(), max_rows)
+    return [FeatureSummary(feature_name=row.key, **_figures(row)) for row in rows]
 
 
 def time_series(
@@ -304,16 +347,43 @@ def time_series(
     plan = _Plan.make(conn, tenant, h0, h1, days=granularity == "day", feature=feature)
     key = "date_trunc('day', bucket, 'UTC')" if granularity == "day" else "bucket"
     sql = FIGURES_QUERY.format(cells=plan.union, key=key, totals=TOTALS)
-    return [SeriesPoint(bucket=row.key, **_figures(row)) for row in conn.execute(text(sql), plan.params)]
+    rows = conn.execute(text(sql), {**plan.params, "row_limit": None})  # at most bucket_count() rows
+    return [SeriesPoint(bucket=row.key, **_figures(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class TopFeatures:
+    """The ``count`` features with the most calls (most first, ties by name), of ``total`` with calls."""
+
+    names: list[str]
+    total: int
+
+
+def top_features(conn: Connection, tenant: str, start: datetime, end: datetime, count: int) -> TopFeatures:
+    """The ``count`` features with the most calls over ``hour_span(start, end)``."""
+    h0, h1 = hour_span(start, end)
+    plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
+    rows = conn.execute(text(TOP_FEATURES_QUERY.format(cells=plan.union)), {**plan.params, "count": count}).all()
+    return TopFeatures([row.feature_name for row in rows], rows[0].features if rows else 0)
+
+
+def feature_series(
+    conn: Connection, tenant: str, start: datetime, end: datetime,
+    granularity: Granularity, features: list[str],
+) -> dict[str, list[SeriesPoint]]:
+    """``time_series`` of each of ``features`` (one query each, all in the caller's snapshot)."""
+    return {feature: time_series(conn, tenant, start, end, granularity, feature) for feature in features}
 
 
 def error_rate_by_feature(
-    conn: Connection, tenant: str, start: datetime, end: datetime
+    conn: Connection, tenant: str, start: datetime, end: datetime, *, max_rows: int | None = None
 ) -> list[FeatureErrorRate]:
-    """Calls, errors and error rate per feature over ``hour_span(start, end)``."""
+    """Calls, errors and error rate per feature over ``hour_span(start, end)``; more than
+    ``max_rows`` features raise TooManyRows."""
     h0, h1 = hour_span(start, end)
     plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
-    rows = conn.execute(text(COUNTS_QUERY.format(cells=plan.union)), plan.params)
+    params = {**plan.params, "row_limit": _limit(max_rows)}
+    rows = _capped(conn.execute(text(COUNTS_QUERY.format(cells=plan.union)), params).all(), max_rows)
     return [FeatureErrorRate(row.feature_name, row.calls, row.errors) for row in rows]
 
 
@@ -329,10 +399,13 @@ def top_users(
 
 
 def active_users(
-    conn: Connection, tenant: str, start: datetime, end: datetime, feature: str | None = None
+    conn: Connection, tenant: str, start: datetime, end: datetime, feature: str | None = None,
+    *, max_rows: int | None = None,
 ) -> list[ActiveUsers]:
-    """Exact daily active users per feature for each UTC day of ``day_span(start, end)``."""
+    """Exact daily active users per feature for each UTC day of ``day_span(start, end)``; more
+    than ``max_rows`` (day, feature) rows raise TooManyRows."""
     d0, d1 = day_span(start, end)
     plan = _Plan.make(conn, tenant, d0, d1, days=False, feature=feature, base=(USERS_PART,), tail=USERS_TAIL_PART)
-    rows = conn.execute(text(ACTIVE_USERS_QUERY.format(users=plan.union)), plan.params)
+    params = {**plan.params, "row_limit": _limit(max_rows)}
+    rows = _capped(conn.execute(text(ACTIVE_USERS_QUERY.format(users=plan.union)), params).all(), max_rows)
     return [ActiveUsers(row.day, row.feature_name, row.users) for row in rows]

@@ -31,7 +31,8 @@ from storage.api_keys import create_key
 from tests.web_server import Server, uvicorn_server
 from tests.workers import celery_worker
 from web.app import app
-from web.dashboard import MAX_WINDOW
+from config import get_settings
+from web.dashboard import DEFAULT_SERIES_FEATURES, EARLIEST, LATEST, MAX_WINDOW
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 MAX_EXAMPLES = 15
@@ -39,9 +40,11 @@ SCHEMA_PATH = "/openapi.json"
 # The producer publishes within one flush interval; kept short so the server stops quickly.
 FLUSH_INTERVAL_MS = "50"
 RANGE_FIX = timedelta(hours=1)  # an inconsistent generated range becomes the hour before its end
+YEAR_MIDDLE = 5000  # a moment that overflowed in UTC was near year 1 below this, near 9999 above
 
 
-# The schema is the app's own (read in-process at collection); the requests go to a real uvicorn.
+# The schema is the app's own (read in-process at collection: the app builds it whether or not it
+# serves it, which API_DOCS_ENABLED decides); the requests go to a real uvicorn.
 TENANT = f"contract-{uuid.uuid4().hex[:8]}"
 schema = schemathesis.openapi.from_dict(app.openapi())
 schema.config.update(parameters={"path.tenant_id": TENANT})
@@ -56,16 +59,42 @@ def _moment(value: Any) -> datetime | None:
     return moment if moment is not None and moment.tzinfo is not None else None
 
 
+def _utc_within_bounds(value: Any) -> datetime | None:
+    """A generated moment moved into the range the API reads ([EARLIEST, LATEST], room for an hour
+    before it); None for what is not a timezone-aware datetime, which is left to be refused."""
+    moment = _moment(value)
+    if moment is None:
+        return None
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except OverflowError:  # an offset pushed it past year 1 or 9999
+        utc = EARLIEST if moment.year < YEAR_MIDDLE else LATEST
+    return min(max(utc, EARLIEST + RANGE_FIX), LATEST)
+
+
 def _keep_range_consistent(case: schemathesis.Case) -> None:
-    """start < end within MAX_WINDOW is a rule between two parameters, which OpenAPI cannot
-    state, so schema-valid data may break it (answered 422): such a generated range becomes the
-    hour before its end. Values that are not timezone-aware datetimes are left to be refused."""
+    """Rules between parameters, or on values, that OpenAPI cannot state, so that schema-valid data
+    may break them (answered 422): start < end within MAX_WINDOW, both inside [EARLIEST, LATEST],
+    and at most API_MAX_POINTS points (hours x top features). Generated values that break them are
+    moved inside (an inconsistent range becomes the hour before its end); values that are not
+    timezone-aware datetimes are left to be refused."""
     query = case.query
-    if not query or "start" not in query:
+    if not query:
+        return
+    for name in ("start", "end"):
+        if name in query and (moment := _utc_within_bounds(query[name])) is not None and moment != _moment(query[name]):
+            query[name] = moment.isoformat()
+    if "start" not in query:
         return
     start = _moment(query["start"])
     end = _moment(query.get("end")) if "end" in query else datetime.now(timezone.utc)
-    if start is not None and end is not None and not (start < end and end - start <= MAX_WINDOW):
+    if start is None or end is None:
+        return
+    top = query.get("top", DEFAULT_SERIES_FEATURES)
+    hours = (end - start) / timedelta(hours=1)
+    too_many_points = (case.operation.path.endswith("/feature-series") and query.get("granularity", "hour") == "hour"
+                       and isinstance(top, int) and hours * top > get_settings().api_max_points)  # fmt: skip
+    if not (start < end and end - start <= MAX_WINDOW) or too_many_points:
         query["start"] = (end - RANGE_FIX).isoformat()
 
 
@@ -77,7 +106,7 @@ def served(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         _, key = create_key(session, name="openapi contract test", tenant_id=TENANT)
     queue = f"ingest-{TENANT}"
     env = {"INGEST_QUEUE": queue, "CELERY_BROKER_URL": RABBITMQ, "PRODUCER_SPOOL_DIR": str(log_dir / "spool"),
-           "PRODUCER_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS}  # fmt: skip
+           "PRODUCER_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS, "API_DOCS_ENABLED": "true"}  # fmt: skip
     try:
         with celery_worker(RABBITMQ, queue, log_dir=log_dir, stop_timeout=2), uvicorn_server(log_dir, env) as server:
             yield server, key
@@ -98,8 +127,12 @@ def test_every_operation_keeps_its_openapi_contract(case: schemathesis.Case, ser
 
 
 def test_the_schema_lists_the_dashboard_and_ingest_routes(served: tuple[Server, str]) -> None:
-    """A guard for the test above: an empty or partial schema would make it pass vacuously."""
+    """A guard for the test above: an empty or partial schema would make it pass vacuously. The served
+    schema (API_DOCS_ENABLED, set for this server) is the one the test used."""
     server, _ = served
-    paths = httpx.get(server.url + SCHEMA_PATH, timeout=10).json()["paths"]
-    for path in ("/v1/events", "/api/me", "/api/tenants/{tenant_id}/summary", "/api/tenants/{tenant_id}/series"):
+    served = httpx.get(server.url + SCHEMA_PATH, timeout=10).json()
+    assert served == app.openapi()
+    paths = served["paths"]
+    for path in ("/v1/events", "/api/me", "/api/tenants/{tenant_id}/summary", "/api/tenants/{tenant_id}/series",
+                 "/api/tenants/{tenant_id}/feature-series"):
         assert path in paths, sorted(paths)

@@ -15,13 +15,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 
 from config import get_settings
 from producer import get_tracker
 from schema.event import MAX_TENANT_ID_LEN, MAX_USER_ID_LEN
-from web import dashboard, ingest, metrics, page
+from web import dashboard, docs, ingest, metrics, page
 from web.auth import BODY_UNREADABLE
-from web.db import close_database, open_database
+from web.db import close_database, open_database, statement_timeout_handler
 from web.errors import single_valued_query
 from web.ai import FEATURES, AICallFailed, call_feature
 
@@ -43,11 +44,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     close_database(app)
 
 
-app = FastAPI(title="AI feature usage analytics", lifespan=lifespan, dependencies=[Depends(single_valued_query)])
+# /docs and /openapi.json are web.docs' (off unless API_DOCS_ENABLED, assets served locally); no /redoc.
+app = FastAPI(title="AI feature usage analytics", lifespan=lifespan, dependencies=[Depends(single_valued_query)],
+              docs_url=None, redoc_url=None, openapi_url=None,
+              exception_handlers={OperationalError: statement_timeout_handler})  # fmt: skip
 app.include_router(ingest.router)
 app.include_router(metrics.router)
 app.include_router(dashboard.router)
 app.include_router(page.router)
+app.include_router(docs.router)
 page.mount_static(app)
 
 

@@ -1,10 +1,13 @@
 """The dashboard page: ``GET /dashboard`` (HTML) with its script and styles under ``/static``.
 
 The page holds no data and no key: it runs in the browser, keeps the API key
-the user pasted in ``localStorage`` and calls the tenant-scoped JSON routes
+the user pasted in ``sessionStorage`` (this tab only, gone when it closes; never
+``localStorage``, which any later visitor of the browser profile could read) and calls the tenant-scoped JSON routes
 (web.dashboard) with it in the ``Authorization`` header, like any other
 client. ``GET /api/me`` tells it which tenant a key reads, so a tenant key
-needs no tenant typed in.
+needs no tenant typed in. Its charts come from one ``/feature-series`` request
+for the web.dashboard.DEFAULT_SERIES_FEATURES features with the most calls (the
+page says so when there are more); the table lists every feature.
 
 Chart.js is installed from the npm registry by ``scripts/setup`` (web/package.json,
 pinned by web/package-lock.json) and served from this process at
@@ -25,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from config import get_settings
+from web import docs
 from storage.api_keys import Principal
 from web.auth import KEY_REFUSED, principal
 
@@ -90,9 +94,12 @@ def key_info(who: Principal = Depends(principal)) -> KeyInfo:
 
 
 def mount_static(app: FastAPI) -> None:
-    """Serve web/static and, before it (mounts match in order), the vendored Chart.js."""
+    """Serve web/static and, before it (mounts match in order), the vendored Chart.js and Swagger UI."""
     vendor = vendor_dir()
     app.state.charts_available = vendor is not None  # the page links the script only if it is served
     if vendor is not None:
         app.mount(VENDOR_URL, StaticFiles(directory=vendor), name="vendor-chart.js")
+    swagger_ui = docs.swagger_ui_dir()
+    if swagger_ui is not None:
+        app.mount(docs.SWAGGER_UI_URL, StaticFiles(directory=swagger_ui), name="vendor-swagger-ui")
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
