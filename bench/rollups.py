@@ -46,7 +46,7 @@ from storage.histogram import RELATIVE_ERROR
 from storage.migrate import migrate
 from storage.partitions import Month, ensure_months
 from storage.rollups import run_until_idle
-from web.ai import FEATURES, MODELS
+from demo.ai import FEATURES, MODELS
 
 FULL = {"base": 20_000_000, "increment": 1_000_000}
 QUICK = {"base": 1_000_000, "increment": 100_000}

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from config import get_settings
 from demo.load import LoadSpec, run_load
 from producer import Tracker
-from web.ai import FEATURES
+from demo.ai import FEATURES
 
 FLUSH_TIMEOUT_S = 30.0
 

@@ -1,8 +1,9 @@
 """``python -m demo`` (behind ``./run``): the pipeline under a demo load, then a report.
 
 Uses the services named by DATABASE_URL / CELERY_BROKER_URL, or starts
-embedded ones; migrates; starts the Procfile's web, worker, beat and flower;
-sends real requests to the web app; tracks ``--events`` events (nine features,
+embedded ones; migrates; starts the Procfile's web, saas, worker, rollups, beat
+and flower; sends real requests to the stand-in SaaS app (demo.saas), which
+tracks them; tracks ``--events`` events (nine features,
 ``--tenants`` tenants) through the producer client with a progress bar; waits
 until every one is stored; reconciles sent against stored; prints a report;
 and stops everything it started, also on Ctrl-C.
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from config import get_settings
+from demo.ai import FEATURES
 from demo.load import LoadSpec, run_load
 from demo.processes import ROOT, Processes
 from demo.services import start_services
@@ -36,7 +38,6 @@ from models import AnalyticsEvent
 from producer import Tracker
 from storage.api_keys import create_key, revoke_named
 from storage.migrate import DatabaseUnreachable, migrate
-from web.ai import FEATURES
 
 DEFAULT_EVENTS = 200_000
 DEFAULT_TENANTS = 20
@@ -44,7 +45,7 @@ HTTP_SAMPLE_REQUESTS = 20
 STORE_TIMEOUT_S = 600.0
 POLL_S = 0.5
 ID_CHUNK = 10_000
-PROCESSES = ["web", "worker", "rollups", "beat", "flower"]
+PROCESSES = ["web", "saas", "worker", "rollups", "beat", "flower"]
 METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
 DATA_DIR = ROOT / "var" / "embedded"
 DASHBOARD_KEY_FILE = ROOT / "var" / "demo-api-key"  # readable by its owner only; never printed
@@ -121,8 +122,10 @@ def dead_letter_count(engine: Engine) -> int:
 
 def run(args: argparse.Namespace) -> int:
     web_port = int(os.environ.setdefault("WEB_PORT", "8000"))
+    saas_port = int(os.environ.setdefault("SAAS_PORT", "8001"))
     flower_port = int(os.environ.setdefault("FLOWER_PORT", "5555"))
     require_free_port(web_port, "WEB_PORT")
+    require_free_port(saas_port, "SAAS_PORT")
     require_free_port(flower_port, "FLOWER_PORT")
 
     services = start_services(DATA_DIR)
@@ -139,10 +142,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: starting {', '.join(PROCESSES)} (logs: {processes.log_path.relative_to(ROOT)})")
         processes.start()
         web = f"http://127.0.0.1:{web_port}"
+        saas = f"http://127.0.0.1:{saas_port}"
         processes.wait_http(f"{web}/health")
+        processes.wait_http(f"{saas}/health")
         tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
         dashboard_key(engine, tenants[0])
-        print(f"demo: the web app answered {send_http_sample(web, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
+        print(f"demo: the SaaS app answered {send_http_sample(saas, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
 
         dead_before = dead_letter_count(engine)
         since = datetime.now(timezone.utc)
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         rows, distinct = wait_stored(engine, ids, since)
         stored_s = time.monotonic() - started
         report(args.events, sent_s, rows, distinct, stored_s, dead_letter_count(engine) - dead_before,
-               per_feature(engine, ids), web, f"http://127.0.0.1:{flower_port}", tenants[0])  # fmt: skip
+               per_feature(engine, ids), web, saas, f"http://127.0.0.1:{flower_port}", tenants[0])  # fmt: skip
         tracker.close()
         if args.keep_running:
             print("demo: everything keeps running; Ctrl-C stops it")
@@ -187,7 +192,7 @@ def dashboard_key(engine: Engine, tenant: str) -> None:
 
 
 def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, dead: int,
-           features: list[tuple], web: str, flower: str, dashboard_tenant: str) -> None:  # fmt: skip
+           features: list[tuple], web: str, saas: str, flower: str, dashboard_tenant: str) -> None:  # fmt: skip
     lost, duplicated = sent - distinct, rows - distinct
     print()
     print("=" * 66)
@@ -206,6 +211,7 @@ def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, 
     print(f"web app            {web}   (API docs: {web}/docs)")
     print(f"dashboard          {web}/dashboard   (tenant {dashboard_tenant}; its API key is in "
           f"{DASHBOARD_KEY_FILE.relative_to(ROOT)})")
+    print(f"SaaS demo app      {saas}   (POST /api/ai-feature/<feature>; tracks each call)")
     print(f"Flower             {flower}")
     verdict = "every event stored exactly once" if lost == 0 and duplicated == 0 else "MISMATCH"
     print(f"result: {verdict}")

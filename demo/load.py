@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from producer import Tracker
-from web.ai import ERROR_TYPES, FEATURES, MODELS
+from demo.ai import ERROR_TYPES, FEATURES, MODELS
 
 USERS_PER_TENANT = 200
 BUFFER_HIGH_WATER = 50_000

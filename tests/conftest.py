@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from config.settings import Settings
 
 TEST_DATABASE = os.environ.get("TEST_DATABASE_NAME", "analytics_test")
+UNLIMITED_FOR_TESTS = "1000000/second"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     os.environ["DATABASE_URL"] = base.set(database=TEST_DATABASE).render_as_string(hide_password=False)
     os.environ.setdefault("INGEST_QUEUE", f"ingest-test-{uuid.uuid4().hex[:8]}")
+    # Tests send requests as fast as they can with one key; the rate limits have tests of their own.
+    for setting in ("RATE_LIMIT_INGEST", "RATE_LIMIT_READ"):
+        os.environ.setdefault(setting, UNLIMITED_FOR_TESTS)
 
 
 def _recreate_database(admin_url: str, name: str) -> None:

@@ -32,7 +32,7 @@ class ErrorDetail(BaseModel):
 KEY_REFUSED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorDetail, "description": "Missing, malformed, unknown, revoked or expired API key"},
 }
-# For routes that read a JSON body: one that is not even text (not UTF-8) gets FastAPI's 400.
+# For routes that read a JSON body: one that is not even text (not UTF-8) gets a 400 (web.body_limit).
 BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "The body could not be read (not UTF-8 text)"},
 }

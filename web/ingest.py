@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.constants import REF_PREFIX
 from pydantic import BaseModel, Field
 
 from config import get_settings
@@ -24,8 +26,10 @@ from producer.ids import uuid7_hex_batch
 from schema.event import timestamp_to_us
 from storage.api_keys import Principal
 from web.auth import AUTH_RESPONSES, BODY_UNREADABLE, ErrorDetail, tenant_principal
+from web.body_limit import read_json
 from web.errors import invalid
 from web.metrics import HTTP_EVENTS
+from web.rate_limit import RATE_LIMITED, ingest_rate_limit
 
 router = APIRouter(tags=["ingest"])
 
@@ -33,6 +37,7 @@ EVENT_FIELDS = frozenset({
     "event_id", "feature_name", "user_id", "model", "input_tokens", "output_tokens",
     "tokens_used", "latency_ms", "status", "error_type", "timestamp",
 })  # fmt: skip
+REQUIRED_FIELDS = ("feature_name", "user_id")
 HTTP_MULTI_STATUS = 207
 
 
@@ -60,13 +65,6 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
-def _body_not_too_large(request: Request) -> None:
-    limit = get_settings().http_max_body_bytes
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise HTTPException(413, f"request body over {limit} bytes; send smaller batches")
-
-
 def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, datetime]:
     """Validate and buffer one event; its (event_id, timestamp), or ValueError/TypeError naming the field."""
     if "tenant_id" in event:
@@ -74,6 +72,9 @@ def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, d
     unknown = sorted(set(event) - EVENT_FIELDS)
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    missing = [name for name in REQUIRED_FIELDS if name not in event]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
     fields = dict(event)
     if isinstance(fields.get("timestamp"), str):
         try:
@@ -88,16 +89,35 @@ def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, d
     return str(fields["event_id"]), fields["timestamp"]
 
 
+# The body is declared to OpenAPI but not to FastAPI, which would read and parse it before
+# the key is checked: the handler reads it (bounded) after authentication and rate limiting.
+EVENT_BATCH_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": EventBatch.model_json_schema()}}},
+}
+VALIDATION_ERROR = {
+    "description": "Validation Error",
+    "content": {"application/json": {"schema": {"$ref": f"{REF_PREFIX}HTTPValidationError"}}},
+}
+
+
 @router.post(
     "/v1/events",
     status_code=202,
     response_model=IngestResult,
     responses={207: {"model": IngestResult, "description": "Some events rejected; see results"},
                413: {"model": ErrorDetail, "description": "Too many events or too large a body"},
-               **AUTH_RESPONSES, **BODY_UNREADABLE},  # fmt: skip
-    dependencies=[Depends(_body_not_too_large)],
+               422: VALIDATION_ERROR, **AUTH_RESPONSES, **BODY_UNREADABLE, **RATE_LIMITED},  # fmt: skip
+    dependencies=[Depends(ingest_rate_limit)],
+    openapi_extra=EVENT_BATCH_BODY,
 )
-def ingest_events(batch: EventBatch, response: Response, who: Principal = Depends(tenant_principal)) -> IngestResult:
+async def ingest_events(request: Request, response: Response,
+                        who: Principal = Depends(tenant_principal)) -> IngestResult:  # fmt: skip
+    """Authenticated and rate-limited before a byte of the body is read; then the body, bounded."""
+    batch = await read_json(request, EventBatch)
+    return await run_in_threadpool(_ingest, batch, response, who)
+
+
+def _ingest(batch: EventBatch, response: Response, who: Principal) -> IngestResult:
     limit = get_settings().http_max_batch_events
     if not batch.events:
         raise invalid("body", "events", "events must hold at least one event", batch.events)

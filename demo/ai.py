@@ -1,4 +1,7 @@
-"""A stand-in for the product's AI calls: random latency, tokens and failures."""
+"""A stand-in for the product's AI calls: random latency, tokens and failures.
+
+Used by the demo SaaS app (demo.saas) and the demo load (demo.load).
+"""
 
 from __future__ import annotations
 
