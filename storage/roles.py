@@ -189,12 +189,14 @@ def transfer_ownership(conn: Connection, owner: str) -> list[str]:
 
 
 def grant_database(conn: Connection, names: RoleNames) -> None:
-    """CONNECT (and TEMPORARY for the worker) on the database; schema USAGE, and CREATE for the owner."""
+    """CONNECT (and TEMPORARY for the worker) on the database; schema USAGE, and CREATE for the owner only."""
     database = _q(conn, conn.execute(text("SELECT current_database()")).scalar_one())
     schema = _q(conn, conn.execute(text("SELECT current_schema()")).scalar_one())
     for kind, privileges in DATABASE_GRANTS.items():
         conn.execute(text(f"GRANT {privileges} ON DATABASE {database} TO {_q(conn, names.of(kind))}"))
     conn.execute(text(f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {_q(conn, names.owner)}"))
+    # PostgreSQL before 15 lets every role create in public: not the worker nor the web.
+    conn.execute(text(f"REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC"))
     conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {_q(conn, names.worker)}, {_q(conn, names.web)}"))
 
 

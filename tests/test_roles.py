@@ -158,6 +158,8 @@ def test_worker_role_stores_a_new_month_rolls_up_and_dead_letters(roles_db: Role
         assert _refused(worker, f"ALTER TABLE analytics_events DETACH PARTITION {month.table_name}") \
             == INSUFFICIENT_PRIVILEGE  # fmt: skip
         assert _refused(worker, "SELECT key_hash FROM api_keys") == INSUFFICIENT_PRIVILEGE
+        assert _refused(worker, "CREATE TABLE analytics_events_2001_01 (LIKE analytics_events)") \
+            == INSUFFICIENT_PRIVILEGE  # fmt: skip
     finally:
         worker.dispose()
 
