@@ -208,7 +208,8 @@ def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, 
     for feature, calls, errors, tokens, avg_ms in features:
         print(f"{feature:<22}{calls:>9,}{errors:>8,}{tokens:>14,}{int(avg_ms):>8}")
     print()
-    print(f"web app            {web}   (API docs: {web}/docs)")
+    docs = f"API docs: {web}/docs" if get_settings().api_docs_enabled else "API docs off; API_DOCS_ENABLED=1 serves them"
+    print(f"web app            {web}   ({docs})")
     print(f"dashboard          {web}/dashboard   (tenant {dashboard_tenant}; its API key is in "
           f"{DASHBOARD_KEY_FILE.relative_to(ROOT)})")
     print(f"SaaS demo app      {saas}   (POST /api/ai-feature/<feature>; tracks each call)")
