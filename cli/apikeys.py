@@ -64,7 +64,7 @@ def create_command(
     except ValueError as exc:
         raise click.UsageError(escape(exc)) from None
     click.echo(f"created {scope} key {prefix}" + (f" for tenant {escape(tenant_id)}" if tenant_id else "")
-               + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""))  # fmt: skip
+               + (f", expires {expires_at.strftime(TIME_FORMAT)} UTC" if expires_at else ""))  # fmt: skip
     click.echo(key)
 
 
