@@ -61,6 +61,7 @@ EVENT_SPREAD_S = 600  # the normal events' timestamps: the last ten minutes
 WORKER_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY default
 STORED_STALL_S, STORED_MAX_S = 30.0, 600.0
 SETTLE_QUIET_S, SETTLE_MAX_S = 5.0, 120.0
+NOTE_ITEMS = 12
 STACK_SETTINGS = {
     "RATE_LIMIT_INGEST": "20/minute",  # a burst of BURST_REQUESTS meets it; every other attack has fresh keys
     "RATE_LIMIT_READ": "20/minute",
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: ha
     tracker = Tracker(get_settings())
     durations = array("q", bytes(8 * len(events)))
     load = threading.Thread(target=_pace, args=(tracker, events, args.rate, durations), name="abuse-load")
+    load_started = time.monotonic()
     load.start()
     try:
         during = [a for a in attacks if not a.before_load]
@@ -194,14 +196,17 @@ def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: ha
             started = time.monotonic()
             launched.append((item, *launch(ctx, item)))
             time.sleep(max(0.0, spacing - (time.monotonic() - started)))
+        attacks_done = time.monotonic() - load_started
         load.join()
+        load_done = time.monotonic() - load_started
         flushed = tracker.flush(timeout=120)
         refused_by_buffer = tracker.stats().dropped_buffer_full
     finally:
         tracker.close(timeout=5)
     stored = wait_stored(engine, len(events))
-    print(f"  normal load: tracked {len(events):,}, flushed {flushed}, buffer refusals {refused_by_buffer},"
-          f" stored {stored:,}; settling", flush=True)
+    print(f"  normal load: {len(events):,} events tracked in {load_done:.1f}s (the attacks during it: until"
+          f" {attacks_done:.1f}s), flushed {flushed}, buffer refusals {refused_by_buffer}, stored {stored:,};"
+          " settling", flush=True)  # fmt: skip
     settle(engine)
     results = judge_all(launched)
     check = reconcile_normal(engine, events)
@@ -212,9 +217,12 @@ def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: ha
                    normal_lost=check.lost, normal_duplicated=check.duplicated,
                    partitions_created_by_attacks=len(created), max_web_rss_growth_mb=ctx.rss.growth_mb())  # fmt: skip
     print("\n== attacks\n" + attack_table(results))
-    notes = [f"partitions created by attacks: {', '.join(sorted(str(m) for m in created)) or 'none'}",
-             f"processes down at the end: {', '.join(down) or 'none'}",
-             f"rows in normal tenants from no one: {check.unexplained_foreign_rows}"]  # fmt: skip
+    made = sorted(str(m) for m in created)
+    notes = [f"normal load reconciled event by event: {len(events):,} sent, {check.lost} lost, {check.duplicated}"
+             f" duplicated, {check.unexplained_foreign_rows} rows in its tenants that nobody sent",
+             f"partitions created by attacks: {', '.join(made[:NOTE_ITEMS]) or 'none'}"
+             + (f" and {len(made) - NOTE_ITEMS} more" if len(made) > NOTE_ITEMS else ""),
+             f"processes down at the end: {', '.join(down) or 'none'}"]  # fmt: skip
     if ctx.rss.restarted:
         notes.append(f"web workers started again during the run: {sorted(ctx.rss.restarted)}")
     print("\n" + "\n".join(f"  {note}" for note in notes))

@@ -192,7 +192,7 @@ class RawResponse:
     headers: dict[str, str]
     seconds: float
     bytes_sent: int
-    complete: bool  # the whole body was sent before the answer
+    complete: bool  # the whole body (as declared) was sent before the answer
     error: str = ""
 
 
@@ -250,5 +250,6 @@ def raw_post(
         except (TimeoutError, OSError) as exc:
             error = f"sending stopped ({type(exc).__name__})"
         status, answer_headers, read_error = _read_head(sock, deadline)
-    return RawResponse(status, answer_headers, time.monotonic() - start, sent, sent >= body_size,
+    complete = sent >= (declared_length or body_size)  # a withheld body (declared, not sent) is never complete
+    return RawResponse(status, answer_headers, time.monotonic() - start, sent, complete,
                        "; ".join(e for e in (error, read_error) if e))  # fmt: skip

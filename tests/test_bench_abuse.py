@@ -6,6 +6,10 @@ what it counts and prints, without a database or a broker.
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -16,7 +20,7 @@ from bench.abuse_attacks import MONTHS, outside_window_months
 from bench.abuse_core import (
     REGISTRY, TARGET_MIN_ATTACKS, Attack, AttackResult, Verdict, attack, attack_table, failed_to_run, figures,
 )  # fmt: skip
-from bench.abuse_stack import celery_app_of
+from bench.abuse_stack import celery_app_of, raw_post
 from config.settings import Settings
 from storage.partitions import Month
 
@@ -110,3 +114,45 @@ def test_the_month_attacks_name_only_months_the_accept_window_refuses() -> None:
 ])  # fmt: skip
 def test_the_ingest_worker_app_is_read_from_the_procfile_command(command: str, app: str) -> None:
     assert celery_app_of(command) == app
+
+
+@contextmanager
+def answering_server(read_bytes: int, status: int = 413) -> Iterator[str]:
+    """A one-connection HTTP server that reads ``read_bytes`` of the request, answers ``status`` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            received = 0
+            while received < read_bytes and (chunk := conn.recv(65_536)):
+                received += len(chunk)
+            conn.sendall(f"HTTP/1.1 {status} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+def test_a_raw_post_stops_sending_once_the_server_answers() -> None:
+    with answering_server(read_bytes=1) as url:
+        answer = raw_post(url, "/v1/events", {}, 200 * 1024 * 1024, chunked=True, timeout_s=10)
+    assert answer.status == 413
+    assert not answer.complete and answer.bytes_sent < 50 * 1024 * 1024
+
+
+def test_a_withheld_body_is_never_complete() -> None:
+    """Content-Length over the limit with 1 KiB sent: answered or not, the declared body was not sent."""
+    with answering_server(read_bytes=1024) as url:  # the headers and most of the 1 KiB
+        answer = raw_post(url, "/v1/events", {}, 1024, chunked=False, declared_length=5_000_001, timeout_s=10)
+    assert answer.status == 413 and answer.bytes_sent <= 1024 and not answer.complete
+
+
+def test_a_body_read_whole_before_the_answer_is_complete() -> None:
+    with answering_server(read_bytes=10**9, status=401) as url:
+        answer = raw_post(url, "/v1/events", {}, 3 * 1024 * 1024, chunked=True, timeout_s=2)
+    assert answer.complete and answer.bytes_sent == 3 * 1024 * 1024
