@@ -61,8 +61,9 @@ def migrate_command(create_roles: bool, role_prefix: str | None) -> None:
     click.echo(f"database {name}: {'created and ' if report.created_database else ''}migrated to head"
                f" as {names.owner}")  # fmt: skip
     for kind, role in ((OWNER, names.owner), (WORKER, names.worker), (WEB, names.web)):
-        state = "created" if role in report.created_roles else "exists"
-        password = "password set" if passwords[kind] else "password unchanged"
+        created = role in report.created_roles
+        state = "created" if created else "exists"
+        password = "password set" if passwords[kind] else ("no password" if created else "password unchanged")
         click.echo(f"role {role}: {state}, {password}")
     if report.transferred:
         click.echo(f"handed {len(report.transferred)} objects to {names.owner}")
