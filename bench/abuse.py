@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ from bench.abuse_stack import RssSampler, WebProcess, celery_app_of, procfile_co
 from bench.freshness import _pace
 from bench.ingest import TENANTS, generate_events
 from storage.partitions import Month
+from tasks.broker import DEAD_QUEUE_SUFFIX
 
 ATTACKER = "attacker"
 VICTIM = "victim"
@@ -223,10 +225,16 @@ def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: ha
              f"partitions created by attacks: {', '.join(made[:NOTE_ITEMS]) or 'none'}"
              + (f" and {len(made) - NOTE_ITEMS} more" if len(made) > NOTE_ITEMS else ""),
              f"processes down at the end: {', '.join(down) or 'none'}"]  # fmt: skip
+    notes.append("web processes serving requests (RSS baseline -> peak, MB): " + ", ".join(
+        f"pid {pid} {ctx.rss.baseline[pid]:.1f} -> {ctx.rss.peak[pid]:.1f}" for pid in sorted(ctx.rss.peak)))
     if ctx.rss.restarted:
         notes.append(f"web workers started again during the run: {sorted(ctx.rss.restarted)}")
     print("\n" + "\n".join(f"  {note}" for note in notes))
     print("\n== figures\n" + targets_table(figs), flush=True)
+    if figs.all_met():
+        shutil.rmtree(ctx.web.log_path.parent, ignore_errors=True)
+    else:
+        print(f"\nlogs of the web process and the worker kept in {ctx.web.log_path.parent}")
     print(figs.result_line(), flush=True)
     return 2 if args.strict and not figs.all_met() else 0
 
@@ -292,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if web is not None:
             web.stop()
         harness.stop_all_workers()
-        harness.delete_queues(env.broker_url, [env.ingest_queue])
+        # With the queue goes its "<queue>.dead" (RabbitMQ dead-letter exchange and queue, tasks.broker).
+        harness.delete_queues(env.broker_url, [env.ingest_queue, f"{env.ingest_queue}{DEAD_QUEUE_SUFFIX}"])
         if engine is not None:
             engine.dispose()
 
