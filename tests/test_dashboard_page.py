@@ -209,6 +209,12 @@ def _foreign_resources(driver: webdriver.Chrome, origin: str) -> list[str]:
     return [name for name in names if not name.startswith(origin + "/")]
 
 
+def _api_requests(driver: webdriver.Chrome) -> list[str]:
+    """The tenant routes the page fetched since it was (re)loaded: the last path segment of each."""
+    names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    return ["/" + name.split("?")[0].rsplit("/", 1)[1] for name in names if "/api/tenants/" in name]
+
+
 def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     assert driver.save_screenshot(str(path)), "no screenshot"
@@ -261,10 +267,21 @@ def test_dashboard_shows_what_was_sent(seeded: Seeded, browser: webdriver.Chrome
         _refresh_with(browser, lambda: Select(browser.find_element(By.ID, "range")).select_by_value("7d"))
         assert _calls(_table(browser)) == seeded.recent + seeded.old
 
-        # The key is kept: a reload loads the dashboard without typing it again.
+        # The key is kept for this tab only: a reload loads the dashboard without typing it again;
+        # it is in sessionStorage, never in localStorage (which outlives the tab), and the page says so.
         _refresh_with(browser, browser.refresh)
         assert browser.find_element(By.ID, "api-key").get_attribute("value") == seeded.key
         assert _calls(_table(browser)) == seeded.recent + seeded.old  # the chosen range is kept too
+        assert browser.execute_script("return sessionStorage.getItem('analytics.apiKey')") == seeded.key
+        stored = browser.execute_script("return Object.keys(localStorage).map(k => localStorage.getItem(k))")
+        assert seeded.key not in stored, stored
+        assert "sessionStorage" in browser.find_element(By.ID, "key-storage").text
+
+        # One chart request per load, whatever the number of features (it was one /series per feature).
+        requests = _api_requests(browser)
+        assert [path for path in requests if path.endswith("/feature-series")] == ["/feature-series"], requests
+        assert not any(path.endswith("/series") for path in requests), requests
+        assert "10 features" in browser.find_element(By.ID, "charts-note").text
 
         assert _console_errors(browser) == []
         assert _foreign_resources(browser, server.url) == []
@@ -302,3 +319,53 @@ def test_dashboard_says_when_the_key_is_refused(seeded: Seeded, browser: webdriv
         # The only console error is the refused request itself.
         errors = _console_errors(browser)
         assert errors and all("401" in entry["message"] for entry in errors), errors
+
+
+def test_api_docs_render_from_local_assets_under_the_csp(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """API_DOCS_ENABLED: Swagger UI draws the schema with nothing from the internet and no CSP violation."""
+    with uvicorn_server(tmp_path, {"API_DOCS_ENABLED": "true"}) as server:
+        browser.get(server.url + "/docs")
+        WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"), "Swagger UI drew no operation"
+        )
+        paths = {e.get_attribute("data-path") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert "/api/tenants/{tenant_id}/feature-series" in paths, paths
+        _screenshot(browser, tmp_path, "docs.png")
+        assert _console_errors(browser) == []
+        assert _foreign_resources(browser, server.url) == []
+
+
+MANY_FEATURES = 13  # more than the page charts (web.dashboard.DEFAULT_SERIES_FEATURES)
+
+
+def test_many_features_one_chart_request_top_ten_drawn_all_in_the_table(
+    engine: Engine, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """A tenant with MANY_FEATURES features (rollups written directly): the page asks for the series
+    once, draws the 10 with the most calls, says how many more the table holds, and lists them all."""
+    tenant = f"dash-many-{uuid.uuid4().hex[:8]}"
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    calls = {f"feature-{i:02d}": 100 - i for i in range(MANY_FEATURES)}  # feature-00 has the most
+    with engine.begin() as conn:
+        for feature, count in calls.items():
+            conn.execute(
+                text("INSERT INTO rollup_hourly VALUES (:t, :b, :f, 'm1', :c, 0, 1, 1, 2, :c, 1, 1,"
+                     " ARRAY[1]::smallint[], ARRAY[:c])"),
+                {"t": tenant, "b": hour, "f": feature, "c": count},
+            )  # fmt: skip
+    with Session(engine) as session, session.begin():
+        _, key = create_key(session, name="dashboard many features", tenant_id=tenant)
+    with uvicorn_server(tmp_path) as server:
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        _refresh_with(browser, browser.find_element(By.ID, "show").click)
+        assert _calls(_table(browser)) == calls
+        drawn = browser.execute_script(
+            "return Chart.instances && Object.values(Chart.instances).find(c => c.canvas.id === 'chart-calls')"
+            ".data.datasets.map(d => d.label)"
+        )
+        assert drawn == sorted(calls, key=lambda f: -calls[f])[:10]
+        assert browser.find_element(By.ID, "charts-top").text == "Charts: the 10 features with the most calls (3 more in the table)."
+        requests = _api_requests(browser)
+        assert requests.count("/feature-series") == 1 and "/series" not in requests, requests
+        assert _console_errors(browser) == []

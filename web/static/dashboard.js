@@ -1,11 +1,14 @@
-// Dashboard page: reads /api/tenants/{tenant}/summary and /series with the API key
-// kept in localStorage, draws one chart per metric (a line per feature) and a summary table.
-// Everything it shows comes from those JSON routes; numbers are written with textContent only.
+// Dashboard page: reads /api/tenants/{tenant}/summary and /feature-series (one request for the
+// CHART_FEATURES features with the most calls) with the API key kept in sessionStorage (this tab
+// only, forgotten when it closes; never localStorage), draws one chart per metric (a line per
+// feature) and a summary table of every feature. Everything it shows comes from those JSON
+// routes; numbers are written with textContent only.
 "use strict";
 
-const STORAGE_KEY = "analytics.apiKey";
-const STORAGE_TENANT = "analytics.tenant";
-const STORAGE_RANGE = "analytics.range";
+const STORAGE_KEY = "analytics.apiKey"; // sessionStorage
+const STORAGE_TENANT = "analytics.tenant"; // sessionStorage
+const STORAGE_RANGE = "analytics.range"; // localStorage: a preference, not a secret
+const CHART_FEATURES = 10; // the server's /feature-series default and the page's promise (dashboard.html)
 const HOUR_MS = 3600 * 1000;
 const DAY_MS = 24 * HOUR_MS;
 const PRESET_MS = { "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS };
@@ -131,19 +134,17 @@ async function load() {
   document.body.dataset.state = "loading";
   setStatus(`Loading ${tenant}…`);
   const summary = await api(`${base}/summary?${range}`);
-  const features = summary.features.map((f) => f.feature_name);
-  const series = await Promise.all(
-    features.map((feature) =>
-      api(`${base}/series?${range}&granularity=${granularity}&feature=${encodeURIComponent(feature)}`),
-    ),
-  );
+  const charted = await api(`${base}/feature-series?${range}&granularity=${granularity}&top=${CHART_FEATURES}`);
   if (seq !== loadSeq) return; // a newer load is under way
+  const features = charted.features.map((f) => f.feature_name);
   renderTable(summary);
-  renderCharts(features, series, Date.parse(summary.start), Date.parse(summary.end), granularity);
-  localStorage.setItem(STORAGE_TENANT, tenant);
+  renderCharts(features, charted.features, Date.parse(summary.start), Date.parse(summary.end), granularity);
+  const left = charted.features_with_calls - features.length;
+  $("charts-top").textContent = left > 0 ? `Charts: the ${features.length} features with the most calls (${left} more in the table).` : "";
+  sessionStorage.setItem(STORAGE_TENANT, tenant);
   const shown = `${utcLabel(Date.parse(summary.start), "hour")} – ${utcLabel(Date.parse(summary.end), "hour")} UTC`;
   $("summary-range").textContent = `${tenant}, ${shown}`;
-  setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC · ${features.length} feature(s), per ${granularity}.`);
+  setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC · ${summary.features.length} feature(s), per ${granularity}.`);
   document.body.dataset.state = "ready";
 }
 
@@ -243,7 +244,7 @@ async function submit(event) {
   }
   try {
     if (keyScope === null) await checkKey();
-    localStorage.setItem(STORAGE_KEY, key);
+    sessionStorage.setItem(STORAGE_KEY, key);
     await load();
   } catch (error) {
     document.body.dataset.state = "error";
@@ -259,8 +260,10 @@ async function submit(event) {
 }
 
 function init() {
+  $("chart-features").textContent = String(CHART_FEATURES);
   if (typeof window.Chart === "undefined") {
     $("charts").hidden = true;
+    $("charts-note").hidden = true;
     $("charts-unavailable").hidden = false;
     document.body.dataset.charts = "unavailable";
   }
@@ -283,18 +286,21 @@ function init() {
   }
   $("key-form").addEventListener("submit", submit);
   $("forget").addEventListener("click", () => {
-    localStorage.removeItem(STORAGE_KEY);
-    localStorage.removeItem(STORAGE_TENANT);
+    sessionStorage.removeItem(STORAGE_KEY);
+    sessionStorage.removeItem(STORAGE_TENANT);
     $("api-key").value = "";
     $("tenant").value = "";
     $("tenant").readOnly = false;
     keyScope = null;
     setStatus("Key forgotten.");
   });
-  const saved = localStorage.getItem(STORAGE_KEY);
+  // Keys kept by an older version of this page, which used localStorage: removed, not read.
+  localStorage.removeItem(STORAGE_KEY);
+  localStorage.removeItem(STORAGE_TENANT);
+  const saved = sessionStorage.getItem(STORAGE_KEY);
   if (saved) {
     $("api-key").value = saved;
-    $("tenant").value = localStorage.getItem(STORAGE_TENANT) || "";
+    $("tenant").value = sessionStorage.getItem(STORAGE_TENANT) || "";
     submit();
   }
 }
