@@ -365,7 +365,8 @@ def test_many_features_one_chart_request_top_ten_drawn_all_in_the_table(
             ".data.datasets.map(d => d.label)"
         )
         assert drawn == sorted(calls, key=lambda f: -calls[f])[:10]
-        assert browser.find_element(By.ID, "charts-top").text == "Charts: the 10 features with the most calls (3 more in the table)."
+        note = browser.find_element(By.ID, "charts-top").text
+        assert note == "Charts: the 10 features with the most calls (3 more in the table).", note
         requests = _api_requests(browser)
         assert requests.count("/feature-series") == 1 and "/series" not in requests, requests
         assert _console_errors(browser) == []

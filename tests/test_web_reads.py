@@ -29,7 +29,19 @@ from web.app import app
 UTC = timezone.utc
 SEED_DAYS = 400
 SEED_FEATURES = 20
-HIST_BUCKETS = 12  # elements per histogram cell: the reads merge them all
+HIST_BUCKETS = 10  # elements per histogram cell (one call each): the reads merge them all
+# A cell per feature and day (or hour) before :end: calls, errors, input, output and total tokens,
+# latency sum, min and max, then the histogram.
+SEED_CELLS = (
+    "INSERT INTO {table} SELECT :tenant, :end - s * CAST(:step AS interval), 'feature-' || f, 'm1',"
+    f" {HIST_BUCKETS}, 1, 100, 50, 150, 1000, 5, 400,"
+    f" ARRAY(SELECT generate_series(1, {HIST_BUCKETS})::smallint), array_fill(1, ARRAY[{HIST_BUCKETS}])"
+    " FROM generate_series(1, :count) AS s, generate_series(1, :features) AS f"
+)
+SEED_USERS = (
+    "INSERT INTO rollup_daily_users SELECT :tenant, :end - s * interval '1 day', 'feature-' || f, 'u1', 1, 0, 1"
+    " FROM generate_series(1, 10) AS s, generate_series(1, :features) AS f"
+)
 TINY_TIMEOUT_MS = "1"  # below what a read of SEED_DAYS x SEED_FEATURES cells can take
 SMALL_MAX_POINTS = "30"
 TWO_DAYS = {"start": "2026-10-01T12:00:00Z", "end": "2026-10-03T12:00:00Z"}  # 48 hours over 3 UTC days
@@ -55,26 +67,11 @@ def tenant(engine: Engine) -> Iterator[tuple[str, str]]:
     """A tenant with SEED_FEATURES features of daily and hourly rollups over SEED_DAYS days, and its key."""
     name = f"reads-{uuid.uuid4().hex[:8]}"
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    figures = (
-        "10, 1, 100, 50, 150, 1000, 5, 400,"
-        f" ARRAY(SELECT generate_series(1, {HIST_BUCKETS})::smallint), ARRAY(SELECT 1 FROM generate_series(1, {HIST_BUCKETS}))"
-    )
     with engine.begin() as conn:
         for table, step, count in (("rollup_daily", "1 day", SEED_DAYS), ("rollup_hourly", "1 hour", 48)):
-            conn.execute(
-                text(
-                    f"INSERT INTO {table} SELECT :tenant, :end - s * CAST(:step AS interval), 'feature-' || f, 'm1', {figures}"
-                    " FROM generate_series(1, :count) AS s, generate_series(1, :features) AS f"
-                ),
-                {"tenant": name, "end": end, "step": step, "count": count, "features": SEED_FEATURES},
-            )
-        conn.execute(
-            text(
-                "INSERT INTO rollup_daily_users SELECT :tenant, :end - s * interval '1 day', 'feature-' || f, 'u1', 1, 0, 1"
-                " FROM generate_series(1, 10) AS s, generate_series(1, :features) AS f"
-            ),
-            {"tenant": name, "end": end, "features": SEED_FEATURES},
-        )
+            conn.execute(text(SEED_CELLS.format(table=table)),
+                         {"tenant": name, "end": end, "step": step, "count": count, "features": SEED_FEATURES})  # fmt: skip
+        conn.execute(text(SEED_USERS), {"tenant": name, "end": end, "features": SEED_FEATURES})
     with Session(engine) as session, session.begin():
         _, key = create_key(session, name="reads test", tenant_id=name)
     yield name, key

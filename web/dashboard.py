@@ -76,7 +76,8 @@ def _utc(name: str, moment: datetime) -> datetime:
     if utc is None or not EARLIEST <= utc <= LATEST:
         raise invalid(
             "query", name,
-            f"{name} must lie between {EARLIEST.date().isoformat()} and {LATEST.date().isoformat()} (UTC)", moment.isoformat(),
+            f"{name} must lie between {EARLIEST.date().isoformat()} and {LATEST.date().isoformat()} (UTC)",
+            moment.isoformat(),
         )  # fmt: skip
     return utc
 
@@ -92,7 +93,8 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, date
 
 def _tenant(tenant_id: str) -> str:
     if not 0 < len(tenant_id) <= MAX_TENANT_ID_LEN or NUL in tenant_id:
-        raise invalid("path", "tenant_id", f"tenant_id must be 1..{MAX_TENANT_ID_LEN} characters, without NUL", tenant_id)
+        message = f"tenant_id must be 1..{MAX_TENANT_ID_LEN} characters, without NUL"
+        raise invalid("path", "tenant_id", message, tenant_id)
     return tenant_id
 
 
@@ -178,7 +180,8 @@ def feature_series(
     (what the dashboard page charts); ``features_with_calls`` says how many there were in all."""
     start, end = _range(start, end)
     buckets = q.bucket_count(start, end, granularity)
-    _within_points("top", top, buckets, granularity, top, "feature", _series_advice(granularity) + " or ask for fewer (top)")
+    advice = _series_advice(granularity) + " or ask for fewer (top)"
+    _within_points("top", top, buckets, granularity, top, "feature", advice)
     tenant = _tenant(tenant_id)
     with q.snapshot(db) as conn:
         ranked = q.top_features(conn, tenant, start, end, top)
