@@ -159,6 +159,28 @@ def test_the_worker_dead_letters_too_old_rows_and_stores_their_batch_mates(engin
     assert any(r.startswith("timestamp 0001-01-01T00:00:00+00:00") for r in reasons), reasons
 
 
+def test_the_http_api_refuses_too_old_timestamps_per_event(engine: Engine, database_url: str) -> None:
+    """POST /v1/events goes through track(): the refusal comes back in the event's result."""
+    from fastapi.testclient import TestClient
+
+    from storage.api_keys import create_key
+    from web.app import app
+
+    with Session(engine) as session, session.begin():
+        _, key = create_key(session, name="past-bound", tenant_id=f"abuse-http-{uuid.uuid4().hex[:8]}")
+    bound_days = get_settings().event_max_past_age_days
+    now = datetime.now(UTC)
+    stamps = [datetime(1, 1, 1, tzinfo=UTC), now - bound_days * DAY - timedelta(minutes=5), now - DAY]
+    events = [{"feature_name": "f", "user_id": "u", "timestamp": stamp.isoformat()} for stamp in stamps]
+    with TestClient(app) as client:
+        response = client.post("/v1/events", json={"events": events}, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 207, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected", "accepted"]
+    for result in results[:2]:
+        assert result["error"].startswith("timestamp ") and "(EVENT_MAX_PAST_AGE_DAYS)" in result["error"]
+
+
 # --- the partition cap ------------------------------------------------------------------
 
 
