@@ -30,6 +30,7 @@ from sqlalchemy import Engine, text
 
 from config import Settings
 from producer import Tracker
+from tasks.broker import dead_queue_name
 from tests.servers import spare_port
 from tests.web_server import Server, _serve
 from tests.workers import REPO_ROOT, Worker, celery_worker, describe, wait_for
@@ -85,6 +86,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Server, Worker, str, tuple[str, st
     finally:
         with Connection(RABBITMQ) as conn:
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.queue_delete(dead_queue_name(queue))  # the ingest queue's dead-letter queue
 
 
 def _get(flower: Server, path: str, auth: tuple[str, str], **params: Any) -> Any:

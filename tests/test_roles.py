@@ -273,3 +273,64 @@ def test_procfile_connects_each_process_as_its_role(
     owner = "postgresql://owner/db" if keeps_owner_url else "unset"
     assert run({**base, variable: "postgresql://role/db"}) == f"url=postgresql://role/db owner={owner}"
     assert run(base) == f"url=postgresql://shared/db owner={owner}"  # not set: DATABASE_URL as it was
+
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+PROCESS_TIMEOUT_S = 60.0
+
+
+def test_worker_and_web_processes_run_as_their_roles(roles_db: RolesDb, superuser: Engine, tmp_path: Path) -> None:
+    """The real processes: a Celery ingest worker logged in as the worker role stores tracked events
+    (creating their month), the web process logged in as the web role serves them and /metrics."""
+    import httpx
+    from kombu import Connection
+
+    from producer import Tracker
+    from tasks.broker import dead_queue_name
+    from tests.web_server import uvicorn_server
+    from tests.workers import celery_worker, describe, wait_for
+
+    names = roles_db.names
+    worker_url = make_url(roles_db.url).set(username=names.worker).render_as_string(hide_password=False)
+    web_url = make_url(roles_db.url).set(username=names.web).render_as_string(hide_password=False)
+    queue = f"ingest-roles-{uuid.uuid4().hex[:8]}"
+    tenant = f"proc-{uuid.uuid4().hex[:6]}"
+    moment = datetime.now(timezone.utc).replace(day=10, hour=8) - timedelta(days=31 * (MONTHS_BACK - 1))
+    month = Month.of(moment)
+    events = 40
+    with Session(superuser) as session, session.begin():
+        _, key = create_key(session, name="roles processes", tenant_id=tenant)
+    try:
+        with celery_worker(RABBITMQ, queue, log_dir=tmp_path, stop_timeout=2,
+                           env={"DATABASE_URL": worker_url, "INGEST_QUEUE": queue}) as worker:  # fmt: skip
+            tracker = Tracker(Settings(celery_broker_url=RABBITMQ, ingest_queue=queue, database_url=worker_url,
+                                       producer_spool_dir=str(tmp_path / "spool")))  # fmt: skip
+            try:
+                for i in range(events):
+                    assert tracker.track(tenant_id=tenant, feature_name="forecasting", user_id=f"u{i % 4}",
+                                         latency_ms=50 + i, timestamp=moment + timedelta(seconds=i))  # fmt: skip
+                assert tracker.flush(10)
+            finally:
+                tracker.close(5)
+
+            def stored() -> int:
+                with superuser.connect() as conn:
+                    return conn.execute(text("SELECT count(*) FROM analytics_events WHERE tenant_id = :t"),
+                                        {"t": tenant}).scalar_one()  # fmt: skip
+
+            wait_for(lambda: stored() == events, PROCESS_TIMEOUT_S, lambda: describe(worker, stored=stored()))
+        with superuser.connect() as conn:
+            assert month in existing_months(conn)
+        with uvicorn_server(tmp_path, {"DATABASE_URL": web_url}) as web:
+            headers = {"Authorization": f"Bearer {key}"}
+            summary = httpx.get(f"{web.url}/api/tenants/{tenant}/summary", headers=headers, timeout=10,
+                                params={"start": month.start.isoformat(), "end": month.end.isoformat()})  # fmt: skip
+            assert summary.status_code == 200, summary.text
+            assert [(f["feature_name"], f["calls"]) for f in summary.json()["features"]] == [("forecasting", events)]
+            metrics = httpx.get(f"{web.url}/metrics", timeout=10)
+            assert metrics.status_code == 200
+            assert "analytics_dead_letters " in metrics.text, web.log_tail()  # read as the web role
+    finally:
+        with Connection(RABBITMQ) as conn:
+            conn.default_channel.queue_delete(queue)
+            conn.default_channel.queue_delete(dead_queue_name(queue))  # the ingest queue's dead-letter queue
