@@ -11,9 +11,11 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from kombu import Connection
 from sqlalchemy import Engine, text
 
 from cli.main import cli
+from tasks.broker import dead_queue_name
 from tests.workers import celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -87,6 +89,9 @@ def test_load_tracks_events_that_the_worker_stores(
             assert stored() == 2000
     finally:
         get_settings.cache_clear()
+        with Connection(RABBITMQ) as conn:  # the private queue and its dead-letter queue
+            conn.default_channel.queue_delete(queue)
+            conn.default_channel.queue_delete(dead_queue_name(queue))
 
 
 def test_load_with_the_broker_down_fails_with_one_clear_line(
