@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from storage.api_keys import create_key
+from tests.servers import spare_port
 from tests.web_server import Server, uvicorn_server
 from tests.workers import celery_worker, describe, wait_for
 
@@ -216,13 +218,13 @@ def test_a_chunked_body_just_over_the_limit_is_refused_with_a_valid_key(client: 
 # --- finding 7: per-key rate limits -------------------------------------------------------------
 
 
-@pytest.fixture
-def limited_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    """The web app with RATE_LIMIT_INGEST and RATE_LIMIT_READ of SMALL_LIMIT per minute."""
+@contextmanager
+def app_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Iterator[TestClient]:
+    """The web app started with these settings (its lifespan builds the rate limiter from them)."""
     from web.app import app
 
-    monkeypatch.setenv("RATE_LIMIT_INGEST", f"{SMALL_LIMIT}/minute")
-    monkeypatch.setenv("RATE_LIMIT_READ", f"{SMALL_LIMIT} per {WINDOW_S} seconds")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         with TestClient(app) as test_client:
@@ -230,6 +232,14 @@ def limited_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def limited_client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The web app with RATE_LIMIT_INGEST and RATE_LIMIT_READ of SMALL_LIMIT per minute."""
+    with app_with(monkeypatch, RATE_LIMIT_INGEST=f"{SMALL_LIMIT}/minute",
+                  RATE_LIMIT_READ=f"{SMALL_LIMIT} per {WINDOW_S} seconds") as test_client:  # fmt: skip
+        yield test_client
 
 
 def assert_limited(response: httpx.Response, setting: str) -> None:
@@ -271,3 +281,17 @@ def test_reads_are_limited_per_key_and_monitoring_is_not(limited_client: TestCli
     for _ in range(3 * SMALL_LIMIT):
         assert limited_client.get("/health").status_code == 200
         assert limited_client.get("/metrics").status_code == 200
+
+
+def test_an_unreachable_limiter_storage_is_a_503_not_unlimited(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, key = tenant_key(engine, "no-storage")
+    with app_with(monkeypatch, RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{spare_port()}/0") as client:
+        ingest = client.post("/v1/events", json={"events": [{"user_id": "u"}]}, headers=auth(key))
+        read = client.get(f"/api/tenants/{tenant}/summary", headers=auth(key))
+        health = client.get("/health")
+    for response in (ingest, read):
+        assert response.status_code == 503, response.text
+        assert "rate limiter" in response.json()["detail"]
+    assert health.status_code == 200
