@@ -2,9 +2,9 @@
 
 The page holds no data and no key: it runs in the browser, keeps the API key
 the user pasted in ``sessionStorage`` (this tab only, gone when it closes; never
-``localStorage``, which any later visitor of the browser profile could read) and calls the tenant-scoped JSON routes
-(web.dashboard) with it in the ``Authorization`` header, like any other
-client. ``GET /api/me`` tells it which tenant a key reads, so a tenant key
+``localStorage``, which any later visitor of the browser profile could read)
+and calls the tenant-scoped JSON routes (web.dashboard) with it in the
+``Authorization`` header, like any other client. ``GET /api/me`` tells it which tenant a key reads, so a tenant key
 needs no tenant typed in. Its charts come from one ``/feature-series`` request
 for the web.dashboard.DEFAULT_SERIES_FEATURES features with the most calls (the
 page says so when there are more); the table lists every feature.
