@@ -120,8 +120,8 @@ def _pending(session: Session) -> set[Name]:
 
 def _reason(kind: str, tenant: str, name: str, cap: int) -> str:
     return (
-        f"{FIELD[kind]} {name!r} is new and tenant {tenant!r} already has {cap} distinct"
-        f" {kind} names, the limit ({SETTING[kind]}); events naming known ones are stored"
+        f"{FIELD[kind]} {name!r} is new and tenant {tenant!r} is at its limit of {cap} distinct"
+        f" {kind} names ({SETTING[kind]}); events naming known ones are stored"
     )
 
 
