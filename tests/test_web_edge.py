@@ -131,6 +131,18 @@ def test_bodies_that_are_not_json_keep_their_clear_errors(client: TestClient, en
     assert not_declared_json.status_code == 422 and "Content-Type" in not_declared_json.text
 
 
+@pytest.mark.parametrize("depth", [990, 100_000], ids=["under-the-parser-limit", "over-it"])
+@pytest.mark.parametrize("shape", ["%s", '{"events": [%s]}', '{"events": [{"feature_name": "f", "user_id": "u", "model": %s}]}'],
+                         ids=["body", "event", "field"])  # fmt: skip
+def test_deeply_nested_json_is_refused_not_a_server_error(client: TestClient, engine: Engine, depth: int,
+                                                          shape: str) -> None:  # fmt: skip
+    _, key = tenant_key(engine, "nested")
+    body = shape % ("[" * depth + "]" * depth)
+    response = client.post("/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"})
+    assert response.status_code in (207, 422), response.text[:300]
+    assert len(response.content) < 2_000, "a refused list or object is not echoed back"
+
+
 # --- finding 2: the key before the body, the body bounded while it streams ----------------------
 
 

@@ -153,12 +153,22 @@ def parse_json(raw: bytes, content_type: str | None, model: type[Model]) -> Mode
     except json.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": exc.msg}}]) from None  # fmt: skip
+    except RecursionError:  # arrays or objects nested thousands deep: refused, not a 500
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply",
+                                       "input": {}}]) from None  # fmt: skip
     try:
         return model.model_validate(document)
     except ValidationError as exc:
         raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+            [{**error, "loc": ("body", *error["loc"]), "input": _echoed(error["input"])}
+             for error in exc.errors(include_url=False)]  # fmt: skip
         ) from None
+
+
+def _echoed(value: Any) -> Any:
+    """A refused value as the 422 shows it: scalars as they were; a list or object is not echoed
+    (it may be the whole body, or nested deeper than the JSON encoder of the answer can go)."""
+    return value if isinstance(value, str | int | float | bool | None) else None
 
 
 def _is_json(content_type: str | None) -> bool:
