@@ -143,6 +143,21 @@ def test_deeply_nested_json_is_refused_not_a_server_error(client: TestClient, en
     assert len(response.content) < 2_000, "a refused list or object is not echoed back"
 
 
+@pytest.mark.parametrize(
+    "body, status",
+    [('{"events": [{"feature_name": "f", "user_id": "u", "event_id": "\\ud800"}]}', 207),
+     ('{"events": [{"feature_name": "f\\udfff", "user_id": "u"}]}', 207),
+     ('{"events": "\\ud800"}', 422),
+     ('{"events": [{"feature_name": "f", "user_id": "u", "input_tokens": %s}]}' % ("9" * 5000), 422)],
+    ids=["surrogate-event-id", "surrogate-field", "surrogate-events", "5000-digit-int"],
+)  # fmt: skip
+def test_json_that_python_parses_badly_is_answered_not_a_server_error(client: TestClient, engine: Engine, body: str,
+                                                                      status: int) -> None:  # fmt: skip
+    _, key = tenant_key(engine, "oddjson")
+    response = client.post("/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"})
+    assert response.status_code == status, response.text[:300]
+
+
 # --- finding 2: the key before the body, the body bounded while it streams ----------------------
 
 

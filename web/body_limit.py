@@ -153,6 +153,8 @@ def parse_json(raw: bytes, content_type: str | None, model: type[Model]) -> Mode
     except json.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": exc.msg}}]) from None  # fmt: skip
+    except ValueError as exc:  # what the parser refuses beyond syntax: an integer of more than 4,300 digits
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": str(exc), "input": {}}]) from None
     except RecursionError:  # arrays or objects nested thousands deep: refused, not a 500
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply",
                                        "input": {}}]) from None  # fmt: skip
@@ -168,7 +170,9 @@ def parse_json(raw: bytes, content_type: str | None, model: type[Model]) -> Mode
 def _echoed(value: Any) -> Any:
     """A refused value as the 422 shows it: scalars as they were; a list or object is not echoed
     (it may be the whole body, or nested deeper than the JSON encoder of the answer can go)."""
-    return value if isinstance(value, str | int | float | bool | None) else None
+    if isinstance(value, str):  # a lone surrogate (JSON's \ud800) cannot be encoded in the answer: escaped
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if isinstance(value, int | float | bool | None) else None
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -65,6 +65,12 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
+def _utf8(text: str) -> str:
+    """``text`` as a JSON answer can carry it: a lone surrogate from the request (JSON's ``\\ud800``)
+    cannot be encoded as UTF-8 and made the whole answer a 500; it is written as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, datetime]:
     """Validate and buffer one event; its (event_id, timestamp), or ValueError/TypeError naming the field."""
     if "tenant_id" in event:
@@ -130,9 +136,10 @@ def _ingest(batch: EventBatch, response: Response, who: Principal) -> IngestResu
         try:
             event_id, timestamp = _track(who.tenant_id, event, fresh_id)
         except (ValueError, TypeError) as exc:
-            echoed = event.get("event_id")  # echoed only if it is a string: a number here made the batch a 500
-            results.append(EventResult(index=index, status="rejected", event_id=echoed if isinstance(echoed, str) else None,
-                                       error=str(exc)))  # fmt: skip
+            # Echoed only if it is a string (a number here made the batch a 500), and as UTF-8 can carry it.
+            echoed = event.get("event_id")
+            results.append(EventResult(index=index, status="rejected", event_id=_utf8(echoed) if isinstance(echoed, str) else None,
+                                       error=_utf8(str(exc))))  # fmt: skip
         else:
             results.append(EventResult(index=index, status="accepted", event_id=event_id, timestamp=timestamp))
     accepted = sum(r.status == "accepted" for r in results)
