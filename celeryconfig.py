@@ -14,6 +14,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from config import Settings, get_settings
+from tasks.broker import ingest_queue
 
 # Hourly, so that a month is created long before it starts even if some runs
 # fail; the write path creates a missing month anyway (storage.events).
@@ -50,11 +51,21 @@ def build(settings: Settings) -> dict[str, Any]:
         # dies mid-batch leaves the message to be redelivered (writes are idempotent).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that fails (it should not: write_batch retries or parks what it
+        # cannot store) is rejected without requeue, not acknowledged: on RabbitMQ
+        # the ingest queue's dead-letter exchange keeps it in "<queue>.dead"
+        # (tasks.broker). Celery 5.7 replaces task_acks_on_failure_or_timeout
+        # (deprecated, warns) by these two; both False means what it did.
+        "task_acks_on_failure": False,
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         # Celery would lower the prefetch after a reconnect and raise it again as
         # acks come in; the prefetch here is small, and that code runs on the path
         # where tasks.consumer catches kombu's Redis cleanup error.
         "worker_enable_prefetch_count_reduction": False,
+        # The ingest queue with its dead-letter exchange (RabbitMQ; tolerant of a
+        # queue declared before, see tasks.broker). Other queues are created on demand.
+        "task_queues": [ingest_queue(settings.ingest_queue, dead_letter_exchange=not settings.broker_is_redis)],
         "task_routes": {
             "ingest.write_batch": {"queue": settings.ingest_queue},
             "partitions.*": {"queue": MAINTENANCE_QUEUE},

@@ -33,6 +33,17 @@ INGEST_LAG = Gauge(
 )
 
 
+MESSAGES_PARKED = Counter(
+    "analytics_messages_parked",
+    "Ingest messages that could not be stored nor dead-lettered in PostgreSQL for a reason about the "
+    "message, parked on the broker's <queue>.dead (python -m cli dead-letters requeue-broker moves them back).",
+)
+PRODUCER_SPOOL_FULL = Counter(
+    "analytics_producer_spool_full",
+    "Times a producer's spool reached PRODUCER_SPOOL_MAX_BYTES (one per episode): events then wait in "
+    "the memory buffer, and beyond PRODUCER_BUFFER_MAX_EVENTS are dropped.",
+)
+
 def batch_committed(events: int, stored: int, duplicates: int, dead_lettered: int, oldest_age_s: float | None) -> None:
     BATCH_SIZE.observe(events)
     EVENTS_STORED.inc(stored)
@@ -44,3 +55,12 @@ def batch_committed(events: int, stored: int, duplicates: int, dead_lettered: in
 
 def transaction_messages(messages: int) -> None:
     TRANSACTION_MESSAGES.observe(messages)
+
+
+def message_parked() -> None:
+    MESSAGES_PARKED.inc()
+
+
+def producer_spool_full() -> None:
+    PRODUCER_SPOOL_FULL.inc()
+

@@ -42,10 +42,11 @@ from celery import Celery
 
 import celeryconfig
 from config import Settings, get_settings
+from monitoring import metrics
 from producer.ids import uuid7_hex_batch
 from producer.publisher import BatchPublisher
 from producer.resend import RecentMessages
-from producer.spool import Spool
+from producer.spool import Spool, SpoolFull
 from schema.event import (
     MAX_ERROR_TYPE_LEN,
     MAX_FEATURE_NAME_LEN,
@@ -61,6 +62,7 @@ from schema.event import (
     check_timestamp,
     check_tokens_used,
 )
+from tasks.broker import AMQP_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class TrackerStats:
     dropped_buffer_full: int
     publish_failures: int
     resent: int  # events published again after a Redis outage (producer.resend)
+    spool_full: bool = False  # the spool reached PRODUCER_SPOOL_MAX_BYTES: events wait in memory
+    spool_full_episodes: int = 0  # times it did (one per episode)
 
 
 def _event_id_hex(event_id: object) -> str | None:
@@ -117,7 +121,9 @@ class Tracker:
         spool_dir = self._settings.producer_spool_dir
         # One directory per queue: a replayed batch goes where it was meant to go.
         queue_dir = re.sub(r"[^A-Za-z0-9_.-]", "_", self._settings.ingest_queue)
-        self._spool = Spool(Path(spool_dir) / queue_dir) if spool_dir else None
+        self._spool = (
+            Spool(Path(spool_dir) / queue_dir, self._settings.producer_spool_max_bytes) if spool_dir else None
+        )
         self._buffer: deque[list[Any]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -135,6 +141,8 @@ class Tracker:
         self._recent = RecentMessages(window_s) if self._settings.broker_is_redis and window_s > 0 else None
         self._outage_at: float | None = None  # monotonic time of the first failed publish since the last resend
         self._resent = 0
+        self._spool_full = False  # in a spool-full episode (logged and counted once)
+        self._spool_full_episodes = 0
 
     # --- request path ---------------------------------------------------------
 
@@ -258,6 +266,8 @@ class Tracker:
             dropped_buffer_full=self._dropped,
             publish_failures=self._publish_failures,
             resent=self._resent,
+            spool_full=self._spool_full,
+            spool_full_episodes=self._spool_full_episodes,
         )
 
     # --- fork safety -----------------------------------------------------------
@@ -278,7 +288,7 @@ class Tracker:
 
     def _run(self) -> None:
         with self._busy:
-            app = Celery("analytics-producer", set_as_current=False)
+            app = Celery("analytics-producer", set_as_current=False, amqp=AMQP_CLASS)
             app.conf.update(celeryconfig.build(self._settings))
             publisher = BatchPublisher(app, self._settings)
             spool = self._spool
@@ -352,6 +362,7 @@ class Tracker:
                 self._published += segment.events
                 self._spool.replayed(segment)
                 self._batch_done()
+            self._spool_has_room(self._spool)
         while self._buffer:
             rows = self._take_batch()
             message = {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}
@@ -389,9 +400,32 @@ class Tracker:
             rows = self._take_batch()
             try:
                 spool.write({"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}, len(rows))
+            except SpoolFull:
+                self._buffer.extendleft(reversed(rows))
+                self._spool_reached_cap(spool)
+                return
             except OSError as exc:
                 self._buffer.extendleft(reversed(rows))
                 logger.error("analytics producer: cannot write the spool in %s: %s", spool.directory, exc)
                 return
             finally:
                 self._batch_done()
+            self._spool_has_room(spool)
+
+    def _spool_reached_cap(self, spool: Spool) -> None:
+        """Once per episode: a log line and the metric (events wait in the memory buffer)."""
+        if self._spool_full:
+            return
+        self._spool_full = True
+        self._spool_full_episodes += 1
+        metrics.producer_spool_full()
+        logger.error(
+            "analytics producer: spool %s reached PRODUCER_SPOOL_MAX_BYTES=%d; events wait in memory "
+            "(up to PRODUCER_BUFFER_MAX_EVENTS=%d, beyond that they are dropped and counted)",
+            spool.directory, spool.max_bytes, self._max_events,
+        )  # fmt: skip
+
+    def _spool_has_room(self, spool: Spool) -> None:
+        if self._spool_full:
+            self._spool_full = False
+            logger.warning("analytics producer: spool %s below PRODUCER_SPOOL_MAX_BYTES again", spool.directory)

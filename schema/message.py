@@ -54,11 +54,22 @@ class DecodedBatch:
     invalid: list[tuple[Any, str]] = field(default_factory=list)
 
 
-def decode_message(message: object) -> DecodedBatch:
+ROWS_KEPT_OF_OVERSIZED = 100  # rows an over-long message's dead letter keeps
+
+
+def oversized_payload(message: dict[str, Any], rows: list[Any]) -> dict[str, Any]:
+    """What the dead letter of a message with too many rows keeps: its head, not its all."""
+    return {"v": message.get("v"), "fields": message.get("fields"), "rows_total": len(rows),
+            "rows_head": rows[:ROWS_KEPT_OF_OVERSIZED]}  # fmt: skip
+
+
+def decode_message(message: object, max_rows: int | None = None) -> DecodedBatch:
     """Split a message into valid rows and invalid payloads with their reasons.
 
     A message that is not in our format at all becomes one invalid payload, so
-    that it is dead-lettered as a whole instead of crashing the worker.
+    that it is dead-lettered as a whole instead of crashing the worker; so does
+    one with more than ``max_rows`` rows (INGEST_MAX_ROWS_PER_MESSAGE), checked
+    before any row is parsed, its dead letter keeping only its first rows.
     """
     batch = DecodedBatch()
     if not isinstance(message, dict) or message.get("v") != WIRE_VERSION:
@@ -72,6 +83,13 @@ def decode_message(message: object) -> DecodedBatch:
         or sorted(fields) != sorted(WIRE_FIELDS)
     ):
         batch.invalid.append((message, f"message must carry 'rows' and 'fields' = {list(WIRE_FIELDS)}"))
+        return batch
+    if max_rows is not None and len(rows) > max_rows:
+        batch.invalid.append((
+            oversized_payload(message, rows),
+            f"message has {len(rows)} rows, more than INGEST_MAX_ROWS_PER_MESSAGE={max_rows}; dead-lettered"
+            f" whole and unparsed, the dead letter keeps its first {ROWS_KEPT_OF_OVERSIZED} rows",
+        ))  # fmt: skip
         return batch
     parse = wire_row_parser(fields)
     valid = batch.rows.append

@@ -121,9 +121,12 @@ from schema.message import decode_message
 from storage import dead_letters
 from storage.db import make_engine, make_session_factory
 from storage.dead_letters import Rejected
-from storage.events import Row, store_batch
-from tasks.consumer import SOURCE_QUEUE, raw_payload
-from tasks.ingest import TASK_NAME, backoff_seconds
+from storage.events import Row, WriteResult, store_batch
+from storage.dead_letters import storable_text
+from tasks.admission import SOURCE_QUEUE, kept_chars, oversized, raw_payload, task_argument
+from tasks.broker import AMQP_CLASS, park
+from tasks.failures import POISON_ATTEMPTS, database_unavailable
+from tasks.ingest import backoff_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -153,42 +156,18 @@ class Received:
         return len(self.rows) + len(self.rejected)
 
 
-def task_argument(message: Message) -> tuple[Any, str | None]:
-    """The argument of the ``ingest.write_batch`` call a message carries, or why
-    the message is not such a call."""
-    try:
-        body = message.decode()
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a dead letter
-        return None, f"message could not be decoded ({message.content_type}): {exc}"
-    headers = message.headers or {}
-    if "task" in headers:  # protocol 2: [args, kwargs, embed]
-        name = headers["task"]
-        if not (isinstance(body, (list, tuple)) and len(body) == 3):
-            return None, "invalid task message: protocol 2 body must be [args, kwargs, embed]"
-        args, kwargs = body[0], body[1]
-    elif isinstance(body, dict) and "task" in body:  # protocol 1
-        name, args, kwargs = body["task"], body.get("args", ()), body.get("kwargs") or {}
-    else:
-        return None, "not a Celery task message"
-    if name != TASK_NAME:
-        return None, f"unknown task: {name!r}"
-    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        return None, "invalid task message: args must be a list and kwargs a mapping"
-    if len(args) == 1 and not kwargs:
-        return args[0], None
-    if not args and list(kwargs) == ["message"]:
-        return kwargs["message"], None
-    return None, f"invalid task message: {TASK_NAME} takes one argument, got {len(args)} and {sorted(kwargs)}"
-
-
-def decode(message: Message, refusal: str | None = None) -> Received:
-    """Step 1. Never raises: what cannot be stored becomes a dead letter."""
-    argument = None
+def decode(message: Message, max_bytes: int, max_rows: int, refusal: str | None = None) -> Received:
+    """Step 1. Never raises: what cannot be stored becomes a dead letter. The body's
+    size is checked before it is parsed, the row count before the rows are."""
+    argument, keep_chars = None, None
+    if refusal is None and (refusal := oversized(message, max_bytes)) is not None:
+        keep_chars = kept_chars(max_bytes)
     if refusal is None:
         argument, refusal = task_argument(message)
     if refusal is not None:
-        return Received(message, [], [Rejected(payload=raw_payload(message), reason=refusal, source=SOURCE_QUEUE)])
-    decoded = decode_message(argument)
+        payload = raw_payload(message, keep_chars)
+        return Received(message, [], [Rejected(payload=payload, reason=refusal, source=SOURCE_QUEUE)])
+    decoded = decode_message(argument, max_rows=max_rows)
     return Received(message, decoded.rows, [Rejected(payload=p, reason=r) for p, r in decoded.invalid])
 
 
@@ -255,48 +234,83 @@ class FlushResult:
     attempts: int
     seconds: float
     oldest: datetime | None
+    # messages that could neither be stored nor dead-lettered, with why: parked, not acked as stored
+    parked: list[tuple[Received, str]] = field(default_factory=list)
 
 
 class TransactionWriter:
-    """Step 3: one flush = one transaction, retried with backoff until it commits."""
+    """Step 3: one flush = one transaction, retried with backoff until it commits.
+
+    The database being unavailable is waited out, however long. A flush that
+    fails ``POISON_ATTEMPTS`` times for another reason (tasks.failures) is
+    written message by message; a message that still fails alone is handed
+    back to be parked, so one poisoned message never holds up the others.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], retry_max_s: float, stop: threading.Event) -> None:
         self._sessions = sessions
         self._retry_max_s = retry_max_s
         self._stop = stop
 
-    def write(self, batch: list[Received]) -> FlushResult:
-        started = time.monotonic()
+    def _commit(self, batch: list[Received]) -> WriteResult:
         rows = [row for item in batch for row in item.rows]
         refused = [rejected for item in batch for rejected in item.rejected]
-        attempt = 0
+        with self._sessions.begin() as session:
+            result = store_batch(session, rows)
+            dead_letters.record(session, refused + result.rejected)
+        return result
+
+    def _commit_retrying(self, batch: list[Received], give_up_on_poison: bool) -> tuple[WriteResult | None, int, str]:
+        """(result, attempts, why) — result None: failed POISON_ATTEMPTS times, not the database's fault."""
+        attempt = poisoned = 0
         while True:
             try:
-                with self._sessions.begin() as session:
-                    result = store_batch(session, rows)
-                    dead_letters.record(session, refused + result.rejected)
-                break
+                return self._commit(batch), attempt + 1, ""
             except Exception as exc:
-                # Not about the rows (store_batch handled those): the database is
-                # down, a deadlock, a bug. Keep the messages and try again later.
+                detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
+                if not database_unavailable(exc):
+                    poisoned += 1
+                    if give_up_on_poison and poisoned >= POISON_ATTEMPTS:
+                        return None, attempt + 1, detail
                 delay = backoff_seconds(attempt, self._retry_max_s)
                 attempt += 1
                 logger.warning(
-                    "flush of %d messages (%d events) not stored (%s: %s); retry %d in %.1fs",
-                    len(batch), len(rows) + len(refused), type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "", attempt, delay,
+                    "flush of %d messages (%d events) not stored (%s); retry %d in %.1fs",
+                    len(batch), sum(item.events for item in batch), detail, attempt, delay,
                 )  # fmt: skip
                 if self._stop.wait(delay):
                     raise Stopped(f"stopping; {len(batch)} messages left unacknowledged") from exc
+
+    def write(self, batch: list[Received]) -> FlushResult:
+        started = time.monotonic()
+        result, attempts, _why = self._commit_retrying(batch, give_up_on_poison=True)
+        results: list[WriteResult] = []
+        parked: list[tuple[Received, str]] = []
+        if result is not None:
+            results.append(result)
+        elif len(batch) == 1:
+            parked.append((batch[0], f"not stored after {POISON_ATTEMPTS} attempts ({_why})"))
+        else:
+            logger.error("a flush of %d messages keeps failing for a reason that is not the database's;"
+                         " writing its messages one by one", len(batch))  # fmt: skip
+            for item in batch:
+                alone, tries, why = self._commit_retrying([item], give_up_on_poison=True)
+                attempts += tries
+                if alone is None:
+                    parked.append((item, f"not stored after {POISON_ATTEMPTS} attempts ({why})"))
+                else:
+                    results.append(alone)
+        written = [item for item in batch if all(item is not p for p, _ in parked)]
         return FlushResult(
             messages=len(batch),
-            events=len(rows) + len(refused),
-            stored=result.stored,
-            duplicates=result.duplicates,
-            dead_lettered=len(refused) + len(result.rejected),
-            attempts=attempt + 1,
+            events=sum(item.events for item in written),
+            stored=sum(r.stored for r in results),
+            duplicates=sum(r.duplicates for r in results),
+            dead_lettered=sum(len(item.rejected) for item in written) + sum(len(r.rejected) for r in results),
+            attempts=attempts,
             seconds=time.monotonic() - started,
-            oldest=min((mapping["timestamp"] for mapping, _ in rows), default=None),
+            oldest=min((mapping["timestamp"] for item in written for mapping, _ in item.rows), default=None),
+            parked=parked,
         )
 
 
@@ -341,7 +355,7 @@ class Aggregator(ConsumerMixin):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = Celery("analytics-aggregator", set_as_current=False)
+        self.app = Celery("analytics-aggregator", set_as_current=False, amqp=AMQP_CLASS)
         self.app.conf.update(celeryconfig.build(settings))
         # The queue as Celery declares it for send_task(queue=...), so that
         # declaring it here never conflicts with the producer's declaration.
@@ -413,10 +427,14 @@ class Aggregator(ConsumerMixin):
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         # kombu's default acks (drops) the message; we dead-letter it with the others.
-        self.buffer.add(decode(message, f"message could not be decoded ({message.content_type}): {exc}"))
+        self.buffer.add(self._decode(message, f"message could not be decoded ({message.content_type}): {exc}"))
 
     def _on_message(self, message: Message) -> None:
-        self.buffer.add(decode(message))
+        self.buffer.add(self._decode(message))
+
+    def _decode(self, message: Message, refusal: str | None = None) -> Received:
+        settings = self.settings
+        return decode(message, settings.ingest_max_message_bytes, settings.ingest_max_rows_per_message, refusal)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -463,8 +481,13 @@ class Aggregator(ConsumerMixin):
         except Stopped as exc:
             logger.warning("%s", exc)
             return
+        parked = {id(item) for item, _ in result.parked}
+        for item, reason in result.parked:
+            self._park(item, reason)
         unacked = 0
         for item in inflight.batch:
+            if id(item) in parked:
+                continue
             try:
                 item.message.ack()
             except Exception:  # noqa: BLE001 - the connection is gone: redelivered, stored as duplicates
@@ -486,6 +509,26 @@ class Aggregator(ConsumerMixin):
             COMMITTED_LOG, result.messages, result.events, result.stored, result.duplicates,
             result.dead_lettered, result.attempts, result.seconds,
         )  # fmt: skip
+
+    def _park(self, item: Received, reason: str) -> None:
+        """A message that can neither be stored nor dead-lettered: to ``<queue>.dead``, then acked."""
+        queue = self.queue.name
+        try:
+            park(self.app.connection_for_write(), queue, item.message, reason)
+        except Exception as exc:  # noqa: BLE001 - not parked: it goes back to the queue
+            logger.error("cannot park a message on %s.dead (%s: %s); it goes back to the queue",
+                         queue, type(exc).__name__, storable_text(exc, 300))  # fmt: skip
+            try:
+                item.message.reject(requeue=True)
+            except Exception:  # noqa: BLE001 - the connection is gone: redelivered anyway
+                logger.debug("requeue failed", exc_info=True)
+            return
+        metrics.message_parked()
+        logger.error("parked a message on %s.dead: %s", queue, reason)
+        try:
+            item.message.ack()
+        except Exception:  # noqa: BLE001 - redelivered, parked again: a copy, never none
+            logger.warning("a parked message could not be acknowledged; it will be delivered again")
 
     def _join(self, consumers: list[Consumer]) -> None:
         """Warm stop: no new deliveries; commit and ack what is held, within STOP_TIMEOUT_S."""

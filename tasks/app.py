@@ -7,12 +7,14 @@ from typing import Any
 from celery import Celery
 from celery.signals import beat_init
 
+from tasks.broker import AMQP_CLASS
+
 TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
 ENSURE_PARTITIONS_TASK = "partitions.ensure_ahead"
 
 
 def create_app() -> Celery:
-    app = Celery("analytics", include=TASK_MODULES)
+    app = Celery("analytics", include=TASK_MODULES, amqp=AMQP_CLASS)
     app.config_from_object("celeryconfig")
     return app
 

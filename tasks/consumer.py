@@ -18,11 +18,20 @@ after the visibility timeout, so here that error is a warning and the consumer
 reconnects as usual. A late ack of such a message fails the same way; an
 unacknowledged message is delivered again and its batch written again
 idempotently, so a failed ack is a warning too, never a dead worker.
+
+The ingest queue carries only ``ingest.write_batch`` (tasks.admission): a
+message for another task (``rollups.run`` put on the ingest queue, say) or one
+larger than ``INGEST_MAX_MESSAGE_BYTES`` is dead-lettered before it runs,
+checked on the raw message.
+
+A message that cannot even be dead-lettered, for a reason that is about the
+message and not the database (tasks.failures), is parked on the broker
+(``<queue>.dead``, tasks.broker), logged and counted, then acknowledged;
+while the database is down it goes back to the queue after a pause, as before.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -32,32 +41,21 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 from sqlalchemy.orm import Session, sessionmaker
+from vine import promise
 
-from config import get_settings
+from config import Settings, get_settings
+from monitoring import metrics
 from storage import dead_letters
 from storage.db import make_engine, make_session_factory
-from storage.dead_letters import Rejected
+from storage.dead_letters import Rejected, storable_text
+from tasks.admission import SOURCE_QUEUE, raw_payload, refusal
+from tasks.broker import park
+from tasks.failures import database_unavailable
 
 logger = logging.getLogger(__name__)
 
-SOURCE_QUEUE = "queue"
 REQUEUE_PAUSE_S = 1.0  # the database is down: do not spin on the same message
-
-
-def raw_payload(message: Message) -> dict[str, Any]:
-    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-    try:
-        text = body.decode("utf-8")
-        encoded: dict[str, Any] = {"body": text}
-    except UnicodeDecodeError:
-        encoded = {"body_base64": base64.b64encode(body).decode()}
-    return {
-        "content_type": message.content_type,
-        "content_encoding": message.content_encoding,
-        "headers": message.headers,
-        "routing_key": (message.delivery_info or {}).get("routing_key"),
-        **encoded,
-    }
+__all__ = ["SOURCE_QUEUE", "DeadLetteringConsumer", "raw_payload"]
 
 
 def _ack_that_cannot_crash(ack: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,21 +90,66 @@ class DeadLetteringConsumer(Consumer):
             )
 
     @cached_property
-    def _dead_letter_sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(make_engine(get_settings()))
+    def _settings(self) -> Settings:
+        return get_settings()
 
-    def _dead_letter(self, message: Message, reason: str) -> None:
+    @cached_property
+    def _dead_letter_sessions(self) -> sessionmaker[Session]:
+        return make_session_factory(make_engine(self._settings))
+
+    def _on_ingest_queue(self, message: Message) -> bool:
+        """The message came from the ingest queue (routed by its name, as Celery and
+        the default exchange do), or this worker consumes nothing else."""
+        ingest = self._settings.ingest_queue
+        if (message.delivery_info or {}).get("routing_key") == ingest:
+            return True
+        consumed = {queue.name for queue in self.app.amqp.queues.consume_from.values()}
+        return consumed == {ingest}
+
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Message], Any]:
+        handler = super().create_task_handler(promise)
+
+        def on_task_received(message: Message) -> Any:
+            if self._on_ingest_queue(message):
+                refused = refusal(message, self._settings.ingest_max_message_bytes)
+                if refused is not None:
+                    reason, keep_chars = refused
+                    return self._dead_letter(message, reason, keep_chars)
+            return handler(message)
+
+        return on_task_received
+
+    def _dead_letter(self, message: Message, reason: str, keep_chars: int | None = None) -> None:
         try:
             with self._dead_letter_sessions.begin() as session:
                 dead_letters.record(
-                    session, [Rejected(payload=raw_payload(message), reason=reason, source=SOURCE_QUEUE)]
+                    session, [Rejected(payload=raw_payload(message, keep_chars), reason=reason, source=SOURCE_QUEUE)]
                 )
-        except Exception:
-            logger.exception("cannot dead-letter a message (%s); it goes back to the queue", reason)
+        except Exception as exc:
+            if database_unavailable(exc):
+                logger.warning("cannot dead-letter a message, the database is unavailable (%s: %s);"
+                               " it goes back to the queue", type(exc).__name__, storable_text(exc, 300))
+                time.sleep(REQUEUE_PAUSE_S)
+                message.reject(requeue=True)
+                return
+            self._park(message, f"{reason}; could not be dead-lettered: {type(exc).__name__}: {exc}")
+            return
+        logger.error("dead-lettered a message from the queue: %s", storable_text(reason, 500))
+        message.ack()
+
+    def _park(self, message: Message, reason: str) -> None:
+        """Step aside a message the database will not take: on the broker's dead queue."""
+        queue = self._settings.ingest_queue
+        try:
+            park(self.app.connection_for_write(), queue, message, storable_text(reason))
+        except Exception as exc:  # noqa: BLE001 - not parked: it stays in the queue
+            logger.error("cannot park a message on %s.dead (%s: %s); it goes back to the queue",
+                         queue, type(exc).__name__, storable_text(exc, 300))  # fmt: skip
             time.sleep(REQUEUE_PAUSE_S)
             message.reject(requeue=True)
             return
-        logger.error("dead-lettered a message from the queue: %s", reason)
+        metrics.message_parked()
+        logger.error("parked a message on %s.dead: %s", queue, storable_text(reason, 500))
         message.ack()
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:

@@ -1,59 +1,98 @@
 """The ingest task: one broker message = one micro-batch = one transaction.
 
 Contract: the message is acknowledged (task returns) only after its rows and
-its dead letters committed. Anything that prevents the commit is retried with
-backoff and never acknowledged as done: the retry publishes the message again
-before the original is acknowledged, so the batch always exists in the broker.
+its dead letters committed, or after it was parked on the broker. Anything
+that prevents the commit is retried with backoff and never acknowledged as
+done: the retry publishes the message again before the original is
+acknowledged, so the batch always exists in the broker. If that publish fails
+(the database down and the broker briefly unreachable), Celery would reject
+the original without requeue; here it is requeued instead, after a pause.
+
+The database being unavailable is retried for as long as it lasts (the backoff
+is capped by ``INGEST_RETRY_MAX_S``, whatever the retry count). Any other
+failure is the message's (tasks.failures): after ``POISON_ATTEMPTS`` tries the
+call is parked on ``<queue>.dead`` (tasks.broker), logged and counted.
+
+A call with other arguments than the one batch is dead-lettered with the
+reason, and so is a batch of more than ``INGEST_MAX_ROWS_PER_MESSAGE`` rows.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import datetime, timezone
 from typing import Any
 
+from celery.exceptions import Reject
+
 from config import get_settings
 from monitoring import metrics
-from schema.message import decode_message
+from schema.message import DecodedBatch, decode_message
 from storage import dead_letters
-from storage.dead_letters import Rejected
+from storage.dead_letters import Rejected, storable_text
 from storage.events import store_batch
+from tasks.admission import SOURCE_QUEUE, TASK_NAME, call_refusal
 from tasks.app import app
 from tasks.base import DatabaseTask
+from tasks.broker import PARKED_REASON_HEADER, PARKED_REASON_MAX_CHARS, dead_queue
+from tasks.failures import POISON_ATTEMPTS, database_unavailable
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "ingest.write_batch"
+__all__ = ["TASK_NAME", "backoff_seconds", "write_batch"]
+
 BACKOFF_BASE_S = 1.0
+# 2**20 s is far beyond any cap; bounding the exponent keeps 2**n finite (a float
+# overflows at n = 1024, about 8.5 h of retries at a 30 s mean).
+BACKOFF_MAX_EXPONENT = 20
+REQUEUE_PAUSE_S = 1.0  # the retry could not be published: pause before the message returns
 
 
 def backoff_seconds(retries: int, cap: float) -> float:
-    """Exponential backoff with full jitter, so retrying workers spread out."""
-    return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**retries))
+    """Exponential backoff with full jitter, so retrying workers spread out; in [0, cap]."""
+    exponent = min(max(retries, 0), BACKOFF_MAX_EXPONENT)
+    return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**exponent))
+
+
+def _decode_call(args: tuple[Any, ...], kwargs: dict[str, Any], max_rows: int) -> tuple[DecodedBatch, list[Rejected]]:
+    message, refused = call_refusal(args, kwargs)
+    if refused is not None:
+        payload = {"task": TASK_NAME, "args": list(args), "kwargs": kwargs}
+        return DecodedBatch(), [Rejected(payload=payload, reason=refused, source=SOURCE_QUEUE)]
+    decoded = decode_message(message, max_rows=max_rows)
+    return decoded, [Rejected(payload=payload, reason=reason) for payload, reason in decoded.invalid]
 
 
 @app.task(bind=True, base=DatabaseTask, name=TASK_NAME, max_retries=None)
-def write_batch(self: DatabaseTask, message: Any) -> dict[str, int]:
-    decoded = decode_message(message)
-    invalid = [Rejected(payload=payload, reason=reason) for payload, reason in decoded.invalid]
+def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]:
+    settings = get_settings()
+    decoded, invalid = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
     try:
         with self.session_factory.begin() as session:
             result = store_batch(session, decoded.rows)
             dead_letters.record(session, invalid + result.rejected)
     except Exception as exc:
         # Not about the rows (those were handled above): the database is down,
-        # a deadlock, or a bug. Keep the message and try again later.
-        countdown = backoff_seconds(self.request.retries, get_settings().ingest_retry_max_s)
-        logger.warning(
-            "batch of %d events not stored (%s: %s); retry %d in %.1fs",
-            len(decoded.rows),
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-            self.request.retries + 1,
-            countdown,
-        )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        # a deadlock, a bug, or a message that breaks the dead-letter insert.
+        retries = self.request.retries
+        detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
+        if not database_unavailable(exc) and retries + 1 >= POISON_ATTEMPTS:
+            return _park(self, args, kwargs, f"not stored after {retries + 1} attempts ({detail})")
+        countdown = backoff_seconds(retries, settings.ingest_retry_max_s)
+        logger.warning("batch of %d events not stored (%s); retry %d in %.1fs",
+                       len(decoded.rows), detail, retries + 1, countdown)  # fmt: skip
+        try:
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        except Reject as rejected:
+            if rejected.requeue:
+                raise
+            # Celery could not publish the retry and would drop the original: keep it.
+            logger.warning("the retry could not be published (%s); the message goes back to the queue",
+                           rejected.reason)  # fmt: skip
+            time.sleep(REQUEUE_PAUSE_S)
+            raise Reject(rejected.reason, requeue=True) from exc
     oldest = min((mapping["timestamp"] for mapping, _ in decoded.rows), default=None)
     metrics.batch_committed(
         events=len(decoded.rows) + len(invalid),
@@ -67,3 +106,22 @@ def write_batch(self: DatabaseTask, message: Any) -> dict[str, int]:
         "duplicates": result.duplicates,
         "dead_lettered": len(invalid) + len(result.rejected),
     }
+
+
+def _park(task: DatabaseTask, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str) -> dict[str, int]:
+    """Publish the same call to ``<queue>.dead``; the original is then acknowledged."""
+    queue = get_settings().ingest_queue
+    try:
+        task.app.send_task(
+            TASK_NAME, args=list(args), kwargs=kwargs, queue=dead_queue(queue), task_id=task.request.id,
+            headers={PARKED_REASON_HEADER: reason[:PARKED_REASON_MAX_CHARS]}, retry=False,
+            argsrepr="<parked batch>", kwargsrepr="{}",
+        )  # fmt: skip
+    except Exception as exc:
+        logger.error("cannot park a batch on %s.dead (%s: %s); it goes back to the queue",
+                     queue, type(exc).__name__, storable_text(exc, 300))  # fmt: skip
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(str(exc), requeue=True) from exc
+    metrics.message_parked()
+    logger.error("parked a batch on %s.dead: %s", queue, reason)
+    return {"stored": 0, "duplicates": 0, "dead_lettered": 0, "parked": 1}

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from sqlalchemy import Engine, text
 
 from config import Settings
 from tasks.aggregator import COMMITTED_LOG, READY_LOG
+from tasks.broker import dead_queue_name, ingest_queue
 from tests.test_pipeline import batch_publisher, blocked_inserts, count_events, make_message, wire_rows
 from tests.workers import REPO_ROOT, LoggedProcess, _group_members, wait_for, worker_env
 
@@ -151,6 +152,7 @@ def queue(broker_url: str) -> Iterator[str]:
     yield name
     with Connection(broker_url) as conn:
         conn.default_channel.queue_delete(name)
+        conn.default_channel.queue_delete(dead_queue_name(name))
 
 
 @pytest.fixture
@@ -432,7 +434,7 @@ def test_foreign_messages_are_dead_lettered_and_the_rest_lands(
     good = make_message(wire_rows(tenant, 25))
     with Connection(broker_url) as conn:
         producer = conn.Producer()
-        target = Queue(queue, Exchange(""), routing_key=queue)
+        target = ingest_queue(queue, dead_letter_exchange=True)
 
         def raw(body: bytes, content_type: str = "application/json", **kw: Any) -> None:
             producer.publish(body, routing_key=queue, declare=[target], retry=True, content_type=content_type,
@@ -451,7 +453,7 @@ def test_foreign_messages_are_dead_lettered_and_the_rest_lands(
     with Connection(broker_url) as conn:
         conn.Producer().publish(
             {"task": "ingest.write_batch", "id": str(uuid.uuid4()), "args": [protocol1], "kwargs": {}},
-            routing_key=queue, declare=[Queue(queue, Exchange(""), routing_key=queue)], serializer="json",
+            routing_key=queue, declare=[ingest_queue(queue, dead_letter_exchange=True)], serializer="json",
         )  # fmt: skip
 
     settle(process, engine, tenant, 30, 30, SETTLE_TIMEOUT_S)

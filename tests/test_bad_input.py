@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,7 @@ from storage import dead_letters
 from storage.dead_letters import Rejected
 from storage.events import store_batch
 from storage.writers import WRITERS
+from tasks.broker import ingest_queue
 from tests.faults import malformed
 from tests.workers import celery_worker, describe, wait_for
 
@@ -42,7 +43,8 @@ BROKERS = {
     "redis": "redis://127.0.0.1:6379/7",
 }
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-OVERSIZED = 20_000  # events in one message: 20 times the producer's batch
+AT_THE_CAP = Settings().ingest_max_rows_per_message  # the largest message the worker takes: stored
+OVER_THE_CAP = AT_THE_CAP + 1  # one more row: dead-lettered whole, unparsed
 SETTLE_S = 60
 
 
@@ -176,9 +178,10 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
         for n, bad in enumerate(malformed.BAD_MESSAGES):
             send(bad.make(f"{tenant}-message-{n}"))
         send(malformed.message([]))
-        send(malformed.message([good_row() for _ in range(OVERSIZED)]))
+        send(malformed.message([good_row() for _ in range(AT_THE_CAP)]))
+        send(malformed.message([malformed.row(malformed.event(tenant, f"over-{i}")) for i in range(OVER_THE_CAP)]))
         # 3. Bodies no Celery client made: not JSON, not UTF-8, not a task, someone else's task.
-        target = Queue(queue, Exchange(""), routing_key=queue)
+        target = ingest_queue(queue, dead_letter_exchange=True)
         for n, raw in enumerate(malformed.RAW_BODIES):
             marker = f"{tenant}-raw-{n}"
             conn.Producer().publish(raw.body(marker), routing_key=queue, declare=[target], retry=True,
@@ -187,7 +190,7 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
         # 4. The queue is not blocked: a good batch behind all that.
         send(malformed.message([good_row()]))
 
-        expected_letters = len(malformed.BAD_ROWS) + len(malformed.BAD_MESSAGES) + len(malformed.RAW_BODIES)
+        expected_letters = len(malformed.BAD_ROWS) + len(malformed.BAD_MESSAGES) + len(malformed.RAW_BODIES) + 1
         wait_for(lambda: len(stored_users(engine, tenant)) >= len(good_users)
                  and len(letters(engine, tenant)) >= expected_letters, SETTLE_S,
                  lambda: describe(worker, stored=len(stored_users(engine, tenant)), expected=len(good_users),
@@ -214,6 +217,8 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
     for n, raw in enumerate(malformed.RAW_BODIES):
         source, reason = letter(f"{tenant}-raw-{n}")
         assert source == "queue" and raw.reason in reason, f"{raw.name}: {reason}"
+    source, reason = letter('"rows_total": %d' % OVER_THE_CAP)
+    assert source == "worker" and f"INGEST_MAX_ROWS_PER_MESSAGE={AT_THE_CAP}" in reason, reason
 
 
 # --- hypothesis: malformed events ---------------------------------------------------------------

@@ -8,9 +8,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from sqlalchemy import Engine, text
 
+from tasks.broker import ingest_queue
 from tests.workers import celery_worker, describe, wait_for
 
 BROKERS = {
@@ -36,7 +37,7 @@ def test_foreign_messages_are_dead_lettered_and_the_worker_keeps_going(
     marker = uuid.uuid4().hex
     with celery_worker(url, queue, log_dir=tmp_path) as worker, Connection(url) as conn:
         producer = conn.Producer()
-        target = Queue(queue, Exchange(""), routing_key=queue)
+        target = ingest_queue(queue, dead_letter_exchange=True)
         publish = lambda body, **kw: producer.publish(  # noqa: E731
             body, routing_key=queue, declare=[target], retry=True, **kw
         )
