@@ -1,4 +1,4 @@
-"""Metrics the ingest worker counts, after each commit.
+"""Metrics the ingest worker counts, after each commit, and the producer's spool episodes.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set in the environment of the worker and
 the web process (the Procfile does it), the worker's counters reach the web

@@ -68,8 +68,11 @@ def _decode_call(args: tuple[Any, ...], kwargs: dict[str, Any], max_rows: int) -
 @app.task(bind=True, base=DatabaseTask, name=TASK_NAME, max_retries=None)
 def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     settings = get_settings()
-    decoded, invalid = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
+    decoded, invalid = DecodedBatch(), []
     try:
+        # Decoding inside: whatever raises is retried, then parked; the task itself
+        # never fails (a failed task would be rejected: dropped by Redis' transport).
+        decoded, invalid = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
         with self.session_factory.begin() as session:
             result = store_batch(session, decoded.rows)
             dead_letters.record(session, invalid + result.rejected)
