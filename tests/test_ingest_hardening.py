@@ -10,7 +10,9 @@ private PostgreSQL and a private RabbitMQ (tests.servers).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -32,7 +34,7 @@ from tasks.ingest import BACKOFF_MAX_EXPONENT, backoff_seconds
 from tests.servers import RABBITMQ_SBIN, PrivatePostgres, PrivateRabbitMQ
 from tests.test_aggregation import aggregator
 from tests.test_pipeline import make_message, wire_rows
-from tests.workers import LoggedProcess, celery_worker, describe, wait_for
+from tests.workers import REPO_ROOT, LoggedProcess, celery_worker, describe, wait_for
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 MANAGEMENT_API = "http://127.0.0.1:15672/api"
@@ -378,3 +380,22 @@ def test_a_message_that_cannot_be_dead_lettered_is_parked_not_looped_on(
     with ingest() as process:
         wait_for(lambda: len(letters(engine, marker)) == 2 and stored(engine, tenant) == (7, 7), SETTLE_S,
                  lambda: info(process, letters=letters(engine, marker), stored=stored(engine, tenant)))  # fmt: skip
+
+
+def test_cli_requeue_broker_moves_the_dead_queue_back(queue: str) -> None:
+    dead = dead_queue_name(queue)
+    with Connection(RABBITMQ_URL) as conn:
+        producer = conn.Producer()
+        for n in range(3):
+            producer.publish(json.dumps([[n], {}, {}]).encode(), routing_key=dead, declare=[Queue(dead)], retry=True,
+                             content_type="application/json", content_encoding="utf-8",
+                             headers=task_headers())  # fmt: skip
+    env = {**os.environ, "CELERY_BROKER_URL": RABBITMQ_URL, "INGEST_QUEUE": queue}
+    first = subprocess.run([sys.executable, "-m", "cli", "dead-letters", "requeue-broker", "--limit", "2"],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert f"moved 2 messages from {dead} back to {queue}" in first.stdout
+    rest = subprocess.run([sys.executable, "-m", "cli", "dead-letters", "requeue-broker"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "moved 1 messages" in rest.stdout, rest.stdout + rest.stderr
+    assert (queue_messages(queue), queue_messages(dead)) == (3, 0)
