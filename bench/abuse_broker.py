@@ -40,7 +40,9 @@ def dead_lettered(
         effect = no_effect() if no_effect else ""
         refused = letters > 0 and bool(reasons) and stored == 0 and made == 0 and not effect
         reason = reasons[0][:70].encode("unicode_escape").decode() if reasons else "none"
+        parked = ctx.parked() if not letters else 0
         happened = (f"{letters} dead letter(s) (reason: {reason}); {stored} row(s) stored"
+                    + (f"; {parked} message(s) parked on the queue's .dead" if parked else "")
                     + (f"; {made} partition(s) created" if months else "") + (f"; {effect}" if effect else ""))
         return Verdict(refused, happened)
 

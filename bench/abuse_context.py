@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 
 from bench.abuse_core import Tally
 from bench.abuse_stack import RawResponse, RssSampler, WebProcess, raw_post
-from bench.harness import REPO_ROOT
+from bench.harness import REPO_ROOT, queue_depth
 from config.settings import Settings
 from storage import api_keys
 from storage.partitions import Month, existing_months
+from tasks.broker import DEAD_QUEUE_SUFFIX
 
 HTTP_TIMEOUT_S = 30.0
 MARKER_PREFIX = "abuse-"
@@ -50,6 +51,7 @@ class AttackContext:
         self.tally = Tally()
         self.http = httpx.Client(base_url=web.url, timeout=HTTP_TIMEOUT_S)
         self._broker = Connection(broker_url, connect_timeout=10)
+        self._broker_url = broker_url
         self.victim_key = self.new_key(victim)
         self.admin_key = self.new_key(None, admin=True)
 
@@ -166,6 +168,10 @@ class AttackContext:
 
     def rollup_rows(self) -> int:
         return int(self._scalar("SELECT (SELECT count(*) FROM rollup_hourly) + (SELECT count(*) FROM rollup_daily)"))
+
+    def parked(self) -> int | None:
+        """Messages the worker parked on ``<queue>.dead`` (kept with their reason, not dead-lettered)."""
+        return queue_depth(self._broker_url, f"{self.queue}{DEAD_QUEUE_SUFFIX}")
 
     def operator_output(self, *args: str) -> bytes:
         """What ``python -m cli <args>`` prints to an operator's terminal (stdout and stderr)."""
