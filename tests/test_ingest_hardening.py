@@ -37,19 +37,28 @@ from tests.test_pipeline import make_message, wire_rows
 from tests.workers import REPO_ROOT, LoggedProcess, celery_worker, describe, wait_for
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS_URL = "redis://127.0.0.1:6379/8"
 MANAGEMENT_API = "http://127.0.0.1:15672/api"
 SETTLE_S = 60.0
-MODES = ["task", "aggregate"]
+MODES = ["task", "aggregate"]  # on RabbitMQ
+TASK_ON_REDIS = "task-redis"  # the Celery worker on Redis (no dead-letter exchange there)
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def queue() -> Iterator[str]:
+def broker(request: pytest.FixtureRequest) -> str:
+    """Redis for the TASK_ON_REDIS mode of ``ingest``, RabbitMQ otherwise."""
+    params = getattr(request.node, "callspec", None)
+    return REDIS_URL if params is not None and params.params.get("ingest") == TASK_ON_REDIS else RABBITMQ_URL
+
+
+@pytest.fixture
+def queue(broker: str) -> Iterator[str]:
     name = f"ingest-h4-{uuid.uuid4().hex[:10]}"
     yield name
-    with Connection(RABBITMQ_URL) as conn:
+    with Connection(broker) as conn:
         for leftover in (name, dead_queue_name(name)):
             conn.default_channel.queue_delete(leftover)
 
@@ -76,8 +85,8 @@ def publish_batches(broker_url: str, queue: str, messages: list[dict[str, Any]])
         publisher.close()
 
 
-def publish_raw(queue: str, body: bytes, *, content_type: str = "application/json", **kwargs: Any) -> None:
-    with Connection(RABBITMQ_URL) as conn:
+def publish_raw(url: str, queue: str, body: bytes, *, content_type: str = "application/json", **kwargs: Any) -> None:
+    with Connection(url) as conn:
         conn.Producer().publish(
             body, routing_key=queue, declare=[ingest_queue(queue, dead_letter_exchange=True)], retry=True,
             content_type=content_type, content_encoding="utf-8", **kwargs,
@@ -88,9 +97,9 @@ def task_headers(name: str = "ingest.write_batch") -> dict[str, Any]:
     return {"task": name, "id": str(uuid.uuid4()), "lang": "py", "argsrepr": "", "kwargsrepr": ""}
 
 
-def publish_call(queue: str, args: list[Any], kwargs: dict[str, Any], task: str = "ingest.write_batch") -> None:
+def publish_call(url: str, queue: str, args: list[Any], kwargs: dict[str, Any], task: str = "ingest.write_batch") -> None:
     """A protocol 2 task message, as any Celery client would send it."""
-    publish_raw(queue, json.dumps([args, kwargs, {}]).encode(), headers=task_headers(task))
+    publish_raw(url, queue, json.dumps([args, kwargs, {}]).encode(), headers=task_headers(task))
 
 
 def stored(engine: Engine, tenant: str) -> tuple[int, int]:
@@ -111,8 +120,8 @@ def letters(engine: Engine, marker: str) -> list[tuple[str, str, str]]:
         ).all()]  # fmt: skip
 
 
-def queue_messages(queue: str) -> int:
-    with Connection(RABBITMQ_URL) as conn:
+def queue_messages(queue: str, url: str = RABBITMQ_URL) -> int:
+    with Connection(url) as conn:
         try:
             return conn.default_channel.queue_declare(queue, passive=True).message_count
         except Exception:  # noqa: BLE001 - no such queue
@@ -120,13 +129,15 @@ def queue_messages(queue: str) -> int:
 
 
 @pytest.fixture
-def ingest(queue: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., AbstractContextManager[LoggedProcess]]:
+def ingest(
+    broker: str, queue: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., AbstractContextManager[LoggedProcess]]:
     """Starts the ingest consumer of the parametrized mode on ``queue``, with extra env."""
     mode = request.param
 
     def start(**env: str) -> AbstractContextManager[LoggedProcess]:
-        if mode == "task":
-            return celery_worker(RABBITMQ_URL, queue, log_dir=tmp_path, concurrency=2, env=env, stop_timeout=3)
+        if mode in ("task", TASK_ON_REDIS):
+            return celery_worker(broker, queue, log_dir=tmp_path, concurrency=2, env=env, stop_timeout=3)
         return aggregator(RABBITMQ_URL, queue, tmp_path, {"INGEST_AGGREGATE_MAX_WAIT_MS": "100", **env})
 
     return start
@@ -254,16 +265,16 @@ def test_database_down_then_broker_refusing_and_restarting_loses_nothing(tmp_pat
 
 @pytest.mark.parametrize("ingest", MODES, indirect=True)
 def test_other_tasks_and_wrong_calls_on_the_ingest_queue_are_dead_lettered_not_run(
-    ingest: Callable[..., AbstractContextManager[LoggedProcess]], queue: str, tenant: str, engine: Engine
+    ingest: Callable[..., AbstractContextManager[LoggedProcess]], broker: str, queue: str, tenant: str, engine: Engine
 ) -> None:
     marker = uuid.uuid4().hex
     with ingest() as process:
-        publish_call(queue, [], {"marker": marker}, task="rollups.run")
-        publish_call(queue, [], {"marker": marker}, task="partitions.apply_retention")
-        publish_call(queue, [make_message(wire_rows(tenant, 2)), marker], {})  # two positional arguments
-        publish_call(queue, [], {"message": make_message(wire_rows(tenant, 2)), "marker": marker})  # unknown kwarg
-        publish_call(queue, [], {"batch": marker})  # kwargs only, wrong name
-        publish_batches(RABBITMQ_URL, queue, [make_message(wire_rows(tenant, 3))])
+        publish_call(broker, queue, [], {"marker": marker}, task="rollups.run")
+        publish_call(broker, queue, [], {"marker": marker}, task="partitions.apply_retention")
+        publish_call(broker, queue, [make_message(wire_rows(tenant, 2)), marker], {})  # two positional arguments
+        publish_call(broker, queue, [], {"message": make_message(wire_rows(tenant, 2)), "marker": marker})  # unknown kwarg
+        publish_call(broker, queue, [], {"batch": marker})  # kwargs only, wrong name
+        publish_batches(broker, queue, [make_message(wire_rows(tenant, 3))])
         wait_for(lambda: len(letters(engine, marker)) >= 5 and stored(engine, tenant) == (3, 3), SETTLE_S,
                  lambda: info(process, letters=letters(engine, marker), stored=stored(engine, tenant)))  # fmt: skip
         time.sleep(1)
@@ -281,13 +292,13 @@ def test_other_tasks_and_wrong_calls_on_the_ingest_queue_are_dead_lettered_not_r
 
 @pytest.mark.parametrize("ingest", MODES, indirect=True)
 def test_messages_over_the_row_or_byte_cap_are_dead_lettered_whole(
-    ingest: Callable[..., AbstractContextManager[LoggedProcess]], queue: str, tenant: str, engine: Engine
+    ingest: Callable[..., AbstractContextManager[LoggedProcess]], broker: str, queue: str, tenant: str, engine: Engine
 ) -> None:
     max_rows, max_bytes = 50, 40_000
     many = wire_rows(f"{tenant}-rows", max_rows + 1)  # small rows: under the byte cap
     big = wire_rows(f"{tenant}-bytes", 12, error_type="e" * 4000)  # few rows: over the byte cap
     with ingest(INGEST_MAX_ROWS_PER_MESSAGE=str(max_rows), INGEST_MAX_MESSAGE_BYTES=str(max_bytes)) as process:
-        publish_batches(RABBITMQ_URL, queue, [make_message(many), make_message(big),
+        publish_batches(broker, queue, [make_message(many), make_message(big),
                                               make_message(wire_rows(tenant, max_rows))])  # fmt: skip
         wait_for(lambda: len(letters(engine, f"{tenant}-")) >= 2 and stored(engine, tenant)[0] == max_rows,
                  SETTLE_S, lambda: info(process, letters=[r[:2] for r in letters(engine, f"{tenant}-")]))  # fmt: skip
@@ -305,21 +316,21 @@ def test_messages_over_the_row_or_byte_cap_are_dead_lettered_whole(
 # --- finding 5: a poisoned message is dead-lettered or parked, never looped on ---------------------
 
 
-@pytest.mark.parametrize("ingest", MODES, indirect=True)
+@pytest.mark.parametrize("ingest", [*MODES, TASK_ON_REDIS], indirect=True)
 def test_nul_and_control_characters_are_dead_lettered_and_the_rest_lands(
-    ingest: Callable[..., AbstractContextManager[LoggedProcess]], queue: str, tenant: str, engine: Engine
+    ingest: Callable[..., AbstractContextManager[LoggedProcess]], broker: str, queue: str, tenant: str, engine: Engine
 ) -> None:
     marker = uuid.uuid4().hex
     with ingest() as process:
         # a content type holding NUL and ESC (quoted in the reason)
-        publish_raw(queue, f"{{not json {marker}".encode(), content_type="application/\x00json\x1b[2J")
+        publish_raw(broker, queue, f"{{not json {marker}".encode(), content_type="application/\x00json\x1b[2J")
         # a header holding NUL: the task name, quoted in the reason
-        publish_raw(queue, json.dumps([[marker], {}, {}]).encode(), headers=task_headers(f"evil\x00task\x07{marker}"))
+        publish_raw(broker, queue, json.dumps([[marker], {}, {}]).encode(), headers=task_headers(f"evil\x00task\x07{marker}"))
         # a body holding NUL and control characters, in and out of the JSON strings
-        publish_raw(queue, b"\x00\x01{" + marker.encode() + b"\x1b\x00")
+        publish_raw(broker, queue, b"\x00\x01{" + marker.encode() + b"\x1b\x00")
         bad_row = wire_rows(tenant, 1, user_id=f"{marker}\x00\x1b[31m")[0]
-        publish_batches(RABBITMQ_URL, queue, [make_message([bad_row, *wire_rows(tenant, 4)])])
-        publish_batches(RABBITMQ_URL, queue, [make_message(wire_rows(tenant, 6))])
+        publish_batches(broker, queue, [make_message([bad_row, *wire_rows(tenant, 4)])])
+        publish_batches(broker, queue, [make_message(wire_rows(tenant, 6))])
         wait_for(lambda: len(letters(engine, marker)) >= 4 and stored(engine, tenant) == (10, 10), SETTLE_S,
                  lambda: info(process, letters=letters(engine, marker), stored=stored(engine, tenant)))  # fmt: skip
         time.sleep(2)
@@ -354,29 +365,29 @@ def refusing_trigger(engine: Engine) -> Iterator[Callable[[str], None]]:
         conn.execute(text("DROP FUNCTION IF EXISTS h4_refuse()"))
 
 
-@pytest.mark.parametrize("ingest", MODES, indirect=True)
+@pytest.mark.parametrize("ingest", [*MODES, TASK_ON_REDIS], indirect=True)
 def test_a_message_that_cannot_be_dead_lettered_is_parked_not_looped_on(
-    ingest: Callable[..., AbstractContextManager[LoggedProcess]], queue: str, tenant: str, engine: Engine,
+    ingest: Callable[..., AbstractContextManager[LoggedProcess]], broker: str, queue: str, tenant: str, engine: Engine,
     refusing_trigger: Callable[[str], None],
 ) -> None:
     marker = uuid.uuid4().hex
     refusing_trigger(marker)
     with ingest(INGEST_RETRY_MAX_S="1") as process:
-        publish_raw(queue, f"{{not json {marker}".encode())  # dead letter refused by the trigger
+        publish_raw(broker, queue, f"{{not json {marker}".encode())  # dead letter refused by the trigger
         bad_row = wire_rows(tenant, 1, user_id=f"{marker}-\x00")[0]
-        publish_batches(RABBITMQ_URL, queue, [make_message([bad_row, *wire_rows(tenant, 2)])])
-        publish_batches(RABBITMQ_URL, queue, [make_message(wire_rows(tenant, 5))])
-        wait_for(lambda: queue_messages(dead_queue_name(queue)) >= 2 and stored(engine, tenant)[0] >= 5, SETTLE_S,
-                 lambda: info(process, parked=queue_messages(dead_queue_name(queue)), stored=stored(engine, tenant)))
+        publish_batches(broker, queue, [make_message([bad_row, *wire_rows(tenant, 2)])])
+        publish_batches(broker, queue, [make_message(wire_rows(tenant, 5))])
+        wait_for(lambda: queue_messages(dead_queue_name(queue), broker) >= 2 and stored(engine, tenant)[0] >= 5, SETTLE_S,
+                 lambda: info(process, parked=queue_messages(dead_queue_name(queue), broker), stored=stored(engine, tenant)))
         time.sleep(2)
-        assert queue_messages(dead_queue_name(queue)) == 2, info(process)
+        assert queue_messages(dead_queue_name(queue), broker) == 2, info(process)
         assert process.log().count("parked a") == 2, info(process)
     assert stored(engine, tenant) == (5, 5)  # the flush-mates of the parked batch were not stored with it
     assert letters(engine, marker) == []
     # After the cause is removed, the operator moves them back and they are dead-lettered as usual.
     with engine.begin() as conn:
         conn.execute(text("DROP TRIGGER IF EXISTS h4_refuse ON dead_letters"))
-    assert requeue_dead(publisher_app(RABBITMQ_URL, queue).connection_for_write(), queue) == 2
+    assert requeue_dead(publisher_app(broker, queue).connection_for_write(), queue) == 2
     with ingest() as process:
         wait_for(lambda: len(letters(engine, marker)) == 2 and stored(engine, tenant) == (7, 7), SETTLE_S,
                  lambda: info(process, letters=letters(engine, marker), stored=stored(engine, tenant)))  # fmt: skip
