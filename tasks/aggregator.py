@@ -37,8 +37,13 @@ lines with one contract (in the style of getsentry/arroyo):
    dead letters, in ONE transaction. Any error that is not about the rows
    (database down, deadlock, bug) is retried with exponential backoff and
    jitter (``INGEST_RETRY_MAX_S``), forever, while the messages stay
-   unacknowledged: never acked as done.
-4. **ack** (main thread): only after the commit, every message of the flush.
+   unacknowledged: never acked as done. An error caused by what a message
+   holds (tasks.failures: one the dead-letter insert itself refuses) is tried
+   ``POISON_ATTEMPTS`` times, then the flush is written message by message
+   and the message that still fails is parked on ``<queue>.dead``
+   (tasks.broker), logged and counted; its flush-mates are stored.
+4. **ack** (main thread): only after the commit, every message of the flush
+   (a parked one: after the broker confirmed the parked copy).
    If the broker connection was lost meanwhile the acks fail and the broker
    redelivers the messages; the writes are idempotent, so the redelivery is
    stored as duplicates, dropped.
@@ -125,7 +130,7 @@ from storage.events import Row, WriteResult, store_batch
 from storage.dead_letters import storable_text
 from tasks.admission import SOURCE_QUEUE, kept_chars, oversized, raw_payload, task_argument
 from tasks.broker import AMQP_CLASS, park
-from tasks.failures import POISON_ATTEMPTS, database_unavailable
+from tasks.failures import POISON_ATTEMPTS, caused_by_message
 from tasks.ingest import backoff_seconds
 
 logger = logging.getLogger(__name__)
@@ -242,8 +247,8 @@ class TransactionWriter:
     """Step 3: one flush = one transaction, retried with backoff until it commits.
 
     The database being unavailable is waited out, however long. A flush that
-    fails ``POISON_ATTEMPTS`` times for another reason (tasks.failures) is
-    written message by message; a message that still fails alone is handed
+    fails ``POISON_ATTEMPTS`` times because of what it holds (tasks.failures)
+    is written message by message; a message that still fails alone is handed
     back to be parked, so one poisoned message never holds up the others.
     """
 
@@ -268,7 +273,7 @@ class TransactionWriter:
                 return self._commit(batch), attempt + 1, ""
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
-                if not database_unavailable(exc):
+                if caused_by_message(exc):
                     poisoned += 1
                     if give_up_on_poison and poisoned >= POISON_ATTEMPTS:
                         return None, attempt + 1, detail

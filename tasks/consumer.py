@@ -25,9 +25,9 @@ larger than ``INGEST_MAX_MESSAGE_BYTES`` is dead-lettered before it runs,
 checked on the raw message.
 
 A message that cannot even be dead-lettered, for a reason that is about the
-message and not the database (tasks.failures), is parked on the broker
-(``<queue>.dead``, tasks.broker), logged and counted, then acknowledged;
-while the database is down it goes back to the queue after a pause, as before.
+message (tasks.failures), is parked on the broker (``<queue>.dead``,
+tasks.broker), logged and counted, then acknowledged; for any other reason
+(the database down) it goes back to the queue after a pause, as before.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from storage.db import make_engine, make_session_factory
 from storage.dead_letters import Rejected, storable_text
 from tasks.admission import SOURCE_QUEUE, raw_payload, refusal
 from tasks.broker import park
-from tasks.failures import database_unavailable
+from tasks.failures import caused_by_message
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ class DeadLetteringConsumer(Consumer):
                     session, [Rejected(payload=raw_payload(message, keep_chars), reason=reason, source=SOURCE_QUEUE)]
                 )
         except Exception as exc:
-            if database_unavailable(exc):
-                logger.warning("cannot dead-letter a message, the database is unavailable (%s: %s);"
-                               " it goes back to the queue", type(exc).__name__, storable_text(exc, 300))
+            if not caused_by_message(exc):  # the database is down (or misconfigured): wait
+                logger.warning("cannot dead-letter a message (%s: %s); it goes back to the queue",
+                               type(exc).__name__, storable_text(exc, 300))  # fmt: skip
                 time.sleep(REQUEUE_PAUSE_S)
                 message.reject(requeue=True)
                 return

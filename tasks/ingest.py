@@ -8,10 +8,11 @@ acknowledged, so the batch always exists in the broker. If that publish fails
 (the database down and the broker briefly unreachable), Celery would reject
 the original without requeue; here it is requeued instead, after a pause.
 
-The database being unavailable is retried for as long as it lasts (the backoff
-is capped by ``INGEST_RETRY_MAX_S``, whatever the retry count). Any other
-failure is the message's (tasks.failures): after ``POISON_ATTEMPTS`` tries the
-call is parked on ``<queue>.dead`` (tasks.broker), logged and counted.
+A failure caused by what the message holds (tasks.failures) is tried
+``POISON_ATTEMPTS`` times, then the call is parked on ``<queue>.dead``
+(tasks.broker), logged and counted. Any other (the database unavailable) is
+retried for as long as it lasts, the backoff capped by ``INGEST_RETRY_MAX_S``
+whatever the retry count.
 
 A call with other arguments than the one batch is dead-lettered with the
 reason, and so is a batch of more than ``INGEST_MAX_ROWS_PER_MESSAGE`` rows.
@@ -37,7 +38,7 @@ from tasks.admission import SOURCE_QUEUE, TASK_NAME, call_refusal
 from tasks.app import app
 from tasks.base import DatabaseTask
 from tasks.broker import PARKED_REASON_HEADER, PARKED_REASON_MAX_CHARS, dead_queue
-from tasks.failures import POISON_ATTEMPTS, database_unavailable
+from tasks.failures import POISON_ATTEMPTS, caused_by_message
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]
         # a deadlock, a bug, or a message that breaks the dead-letter insert.
         retries = self.request.retries
         detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
-        if not database_unavailable(exc) and retries + 1 >= POISON_ATTEMPTS:
+        if caused_by_message(exc) and retries + 1 >= POISON_ATTEMPTS:
             return _park(self, args, kwargs, f"not stored after {retries + 1} attempts ({detail})")
         countdown = backoff_seconds(retries, settings.ingest_retry_max_s)
         logger.warning("batch of %d events not stored (%s); retry %d in %.1fs",

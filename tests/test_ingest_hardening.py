@@ -30,6 +30,7 @@ import celeryconfig
 from config import Settings
 from producer.publisher import BatchPublisher
 from tasks.broker import AMQP_CLASS, dead_queue_name, ingest_queue, requeue_dead
+from tasks.failures import caused_by_message
 from tasks.ingest import BACKOFF_MAX_EXPONENT, backoff_seconds
 from tests.servers import RABBITMQ_SBIN, PrivatePostgres, PrivateRabbitMQ
 from tests.test_aggregation import aggregator
@@ -410,3 +411,26 @@ def test_cli_requeue_broker_moves_the_dead_queue_back(queue: str) -> None:
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "moved 1 messages" in rest.stdout, rest.stdout + rest.stderr
     assert (queue_messages(queue), queue_messages(dead)) == (3, 0)
+
+
+def test_only_errors_caused_by_the_data_count_as_poison(engine: Engine) -> None:
+    """Real errors from PostgreSQL and the driver: the data's fault parks, anything else waits."""
+
+    def error_of(statement: str, params: dict[str, Any] | None = None, url: str | None = None) -> BaseException:
+        target = create_engine(url) if url else engine
+        try:
+            with target.connect() as conn:
+                conn.execute(text(statement), params or {})
+        except Exception as exc:  # noqa: BLE001 - the error is what is tested
+            return exc
+        finally:
+            if url:
+                target.dispose()
+        raise AssertionError(f"{statement} did not fail")
+
+    assert caused_by_message(error_of("SELECT CAST(:v AS integer)", {"v": "x" * 10}))  # 22P02
+    assert caused_by_message(error_of("SELECT :v", {"v": "a\x00b"}))  # the driver refuses NUL
+    assert caused_by_message(error_of("DO $$ BEGIN RAISE EXCEPTION 'refused'; END $$"))  # P0001
+    assert not caused_by_message(error_of("SELECT * FROM h4_no_such_table"))  # a bug or a missing migration
+    assert not caused_by_message(error_of("SELECT 1", url="postgresql+psycopg2://postgres@127.0.0.1:1/x"))  # down
+    assert not caused_by_message(error_of("SET statement_timeout = 1; SELECT pg_sleep(1)"))  # a timeout
