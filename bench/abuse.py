@@ -1,8 +1,9 @@
-"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--events N]`` (issue 12).
+"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--events N] [--ingest-mode aggregate]`` (issue 12).
 
 Starts the stack on a database and queue of its own (``analytics_bench_abuse``
 on the DATABASE_URL server, migrated; ``bench-ingest-<run>`` on the broker):
-the ingest worker and the web process as the Procfile runs them. Creates an
+the ingest worker (INGEST_MODE task, or aggregate with ``--ingest-mode``) and
+the web process as the Procfile runs them. Creates an
 attacker tenant's keys, the victim's key and an admin key, and runs every
 attack of the catalogue (bench.abuse_attacks, bench.abuse_limits,
 bench.abuse_broker) over HTTP and straight on the broker while a normal load
@@ -47,7 +48,7 @@ from bench.abuse_context import MARKER_PREFIX, AttackContext
 from bench.abuse_core import (
     REGISTRY, Attack, AttackResult, Judge, Tally, attack_table, failed_to_run, figures, targets_table,
 )  # fmt: skip
-from bench.abuse_stack import RssSampler, WebProcess, celery_app_of, procfile_command
+from bench.abuse_stack import ProcfileProcess, RssSampler, WebProcess, start_worker
 from bench.freshness import _pace
 from bench.ingest import TENANTS, generate_events
 from storage.partitions import Month
@@ -60,7 +61,6 @@ WARMUP_ROUNDS = 8
 FULL_EVENTS, QUICK_EVENTS = 60_000, 5_000
 LOAD_RATE = 2_000.0  # events/s: the load spans the attacks (about half a minute)
 EVENT_SPREAD_S = 600  # the normal events' timestamps: the last ten minutes
-WORKER_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY default
 STORED_STALL_S, STORED_MAX_S = 30.0, 600.0
 SETTLE_QUIET_S, SETTLE_MAX_S = 5.0, 120.0
 NOTE_ITEMS = 12
@@ -177,7 +177,7 @@ def judge_all(launched: list[tuple[Attack, Judge, Tally]]) -> list[AttackResult]
     return results
 
 
-def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: harness.Worker,
+def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: harness.Worker | ProcfileProcess,
         events: list[dict[str, Any]]) -> int:  # fmt: skip
     from config import get_settings
     from producer import Tracker
@@ -248,6 +248,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-url", help="broker (default: CELERY_BROKER_URL, else the settings default)")
     parser.add_argument("--database", default="analytics_bench_abuse", help="bench database, dropped and recreated")
     parser.add_argument("--seed", type=int, default=12, help="random seed of the normal load")
+    parser.add_argument("--ingest-mode", choices=("task", "aggregate"), default="task",
+                        help="the worker's INGEST_MODE (default task, the Procfile's default)")
     args = parser.parse_args(argv)
     args.events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     if args.database in ("analytics", "analytics_test", "postgres"):
@@ -264,17 +266,15 @@ def main(argv: list[str] | None = None) -> int:
 
     get_settings.cache_clear()
     print(f"bench.abuse run {env.run_id}: database {env.database_name}, queue {env.ingest_queue},"
-          f" logs in {env.workdir}", flush=True)  # fmt: skip
-    engine, web, ctx = None, None, None
+          f" INGEST_MODE {args.ingest_mode}, logs in {env.workdir}", flush=True)  # fmt: skip
+    engine, web, ctx, worker = None, None, None, None
+    (env.workdir / "metrics").mkdir(exist_ok=True)
     try:
         harness.recreate_database(env)
         engine = harness.make_bench_engine(env)
-        worker = harness.Worker(env, celery_app_of(procfile_command("worker")), env.ingest_queue,
-                                WORKER_CONCURRENCY, "ingest")  # fmt: skip
-        worker.start()
+        worker = start_worker(env, args.ingest_mode)
         web = WebProcess(env.workdir, {"PRODUCER_SPOOL_DIR": str(env.workdir / "web-spool"),
                                        "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics")})  # fmt: skip
-        (env.workdir / "metrics").mkdir(exist_ok=True)
         web.start()
         events = normal_load(args.events, random.Random(args.seed))
         victim_plan = [{"event_id": e["event_id"], "timestamp": e["timestamp"]} for e in events
@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx.close()
         if web is not None:
             web.stop()
+        if isinstance(worker, ProcfileProcess):
+            worker.stop()
         harness.stop_all_workers()
         # With the queue goes its "<queue>.dead" (RabbitMQ dead-letter exchange and queue, tasks.broker).
         harness.delete_queues(env.broker_url, [env.ingest_queue, f"{env.ingest_queue}{DEAD_QUEUE_SUFFIX}"])

@@ -20,11 +20,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from bench import harness
 from bench.harness import REPO_ROOT
 from tests.servers import spare_port
 
@@ -34,6 +36,7 @@ RSS_POLL_S = 0.05
 MB = 1024 * 1024
 SOCKET_TIMEOUT_S = 5.0
 RESPONSE_HEAD_MAX = 65_536
+WORKER_CONCURRENCY = 3  # the Procfile's WORKER_CONCURRENCY default
 
 
 def procfile_command(process: str) -> str:
@@ -51,35 +54,30 @@ def celery_app_of(command: str, default: str = "tasks.app") -> str:
     return found.group(1) if found else default
 
 
-class WebProcess:
-    """The Procfile's web process on a spare port; ``serving_pids`` are the ones answering requests."""
+class ProcfileProcess:
+    """One Procfile line run by ``sh`` in a process group of its own, logging to ``<workdir>/<name>.log``."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.port = spare_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "web.log"
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
         # The virtualenv's bin first, as when honcho runs the Procfile from an activated environment.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        self._env = {**os.environ, **env, "WEB_PORT": str(self.port), "PYTHONUNBUFFERED": "1", "PATH": path}
+        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PATH": path}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, ready: Callable[[], bool]) -> None:
+        """Start it and wait until ``ready()`` (or raise with the log's tail)."""
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["sh", "-c", procfile_command("web")], cwd=REPO_ROOT, env=self._env, stdin=subprocess.DEVNULL,
+                ["sh", "-c", procfile_command(self.name)], cwd=REPO_ROOT, env=self._env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+        while not ready():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"web process exited at start:\n{self.log_tail()}")
-            try:
-                httpx.get(self.url + "/health", timeout=2.0)
-                return  # any HTTP answer: it serves
-            except httpx.HTTPError:
-                pass
+                raise RuntimeError(f"{self.name} process exited at start:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"web process not answering after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} process not ready after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -98,19 +96,60 @@ class WebProcess:
         self.proc = None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and bool(self.serving_pids())
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:]) or "(no log)"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def start_worker(env: harness.BenchEnv, mode: str) -> harness.Worker | ProcfileProcess:
+    """The ingest worker as the Procfile runs it: the Celery worker (harness.Worker, with the Procfile's app,
+    pool and concurrency), or with INGEST_MODE=aggregate the Procfile's worker line itself."""
+    if mode == "task":
+        worker = harness.Worker(env, celery_app_of(procfile_command("worker")), env.ingest_queue,
+                                WORKER_CONCURRENCY, "ingest")  # fmt: skip
+        worker.start()
+        return worker
+    from tasks.aggregator import READY_LOG
+
+    aggregator = ProcfileProcess("worker", env.workdir, {"INGEST_MODE": "aggregate",
+                                 "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics")})  # fmt: skip
+    aggregator.start(lambda: READY_LOG in aggregator.log())
+    return aggregator
+
+
+class WebProcess(ProcfileProcess):
+    """The Procfile's web process on a spare port; ``serving_pids`` are the ones answering requests."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.port = spare_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("web", workdir, {**env, "WEB_PORT": str(self.port)})
+
+    def start(self, ready: Callable[[], bool] | None = None) -> None:
+        super().start(ready or self._answers)
+
+    def _answers(self) -> bool:
+        try:
+            httpx.get(self.url + "/health", timeout=2.0)
+            return True  # any HTTP answer: it serves
+        except httpx.HTTPError:
+            return False
+
+    def alive(self) -> bool:
+        return super().alive() and bool(self.serving_pids())
 
     def serving_pids(self) -> list[int]:
         if self.proc is None:
             return []
         children = [pid for pid in _children(self.proc.pid) if "resource_tracker" not in _cmdline(pid)]
         return children or [self.proc.pid]
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def _children(pid: int) -> list[int]:
