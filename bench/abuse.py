@@ -1,9 +1,10 @@
-"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--events N] [--ingest-mode aggregate]`` (issue 12).
+"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--roles] [--ingest-mode aggregate]`` (issue 12).
 
 Starts the stack on a database and queue of its own (``analytics_bench_abuse``
 on the DATABASE_URL server, migrated; ``bench-ingest-<run>`` on the broker):
 the ingest worker (INGEST_MODE task, or aggregate with ``--ingest-mode``) and
-the web process as the Procfile runs them. Creates an
+the web process as the Procfile runs them (with ``--roles``, each connected
+as its least-privilege role, bench.abuse_roles). Creates an
 attacker tenant's keys, the victim's key and an admin key, and runs every
 attack of the catalogue (bench.abuse_attacks, bench.abuse_limits,
 bench.abuse_broker) over HTTP and straight on the broker while a normal load
@@ -48,6 +49,7 @@ from bench.abuse_context import MARKER_PREFIX, AttackContext
 from bench.abuse_core import (
     REGISTRY, Attack, AttackResult, Judge, Tally, attack_table, failed_to_run, figures, targets_table,
 )  # fmt: skip
+from bench.abuse_roles import RunRoles
 from bench.abuse_stack import ProcfileProcess, RssSampler, WebProcess, start_worker
 from bench.freshness import _pace
 from bench.ingest import TENANTS, generate_events
@@ -248,6 +250,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-url", help="broker (default: CELERY_BROKER_URL, else the settings default)")
     parser.add_argument("--database", default="analytics_bench_abuse", help="bench database, dropped and recreated")
     parser.add_argument("--seed", type=int, default=12, help="random seed of the normal load")
+    parser.add_argument("--roles", action="store_true",
+                        help="the web process and the worker connect as least-privilege roles made for the run")
     parser.add_argument("--ingest-mode", choices=("task", "aggregate"), default="task",
                         help="the worker's INGEST_MODE (default task, the Procfile's default)")
     args = parser.parse_args(argv)
@@ -266,15 +270,21 @@ def main(argv: list[str] | None = None) -> int:
 
     get_settings.cache_clear()
     print(f"bench.abuse run {env.run_id}: database {env.database_name}, queue {env.ingest_queue},"
-          f" INGEST_MODE {args.ingest_mode}, logs in {env.workdir}", flush=True)  # fmt: skip
+          f" INGEST_MODE {args.ingest_mode}{', roles' if args.roles else ''}, logs in {env.workdir}",
+          flush=True)  # fmt: skip
     engine, web, ctx, worker = None, None, None, None
+    roles = RunRoles(env.run_id, env.database_url) if args.roles else None
     (env.workdir / "metrics").mkdir(exist_ok=True)
     try:
         harness.recreate_database(env)
+        if roles is not None:
+            roles.create()
+            print(f"  roles made for the run: web as {roles.names.web}, worker as {roles.names.worker}", flush=True)
         engine = harness.make_bench_engine(env)
-        worker = start_worker(env, args.ingest_mode)
+        worker = start_worker(env, args.ingest_mode, roles)
         web = WebProcess(env.workdir, {"PRODUCER_SPOOL_DIR": str(env.workdir / "web-spool"),
-                                       "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics")})  # fmt: skip
+                                       "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics"),
+                                       **(roles.web_env() if roles else {})})  # fmt: skip
         web.start()
         events = normal_load(args.events, random.Random(args.seed))
         victim_plan = [{"event_id": e["event_id"], "timestamp": e["timestamp"]} for e in events
@@ -305,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         # With the queue goes its "<queue>.dead" (RabbitMQ dead-letter exchange and queue, tasks.broker).
         harness.delete_queues(env.broker_url, [env.ingest_queue, f"{env.ingest_queue}{DEAD_QUEUE_SUFFIX}"])
         if engine is not None:
+            if roles is not None:
+                roles.drop(engine)
             engine.dispose()
 
 

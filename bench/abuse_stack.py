@@ -21,12 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from bench import harness
+from bench.abuse_roles import RunRoles
 from bench.harness import REPO_ROOT
 from tests.servers import spare_port
 
@@ -108,18 +110,21 @@ class ProcfileProcess:
             return ""
 
 
-def start_worker(env: harness.BenchEnv, mode: str) -> harness.Worker | ProcfileProcess:
+def start_worker(env: harness.BenchEnv, mode: str, roles: RunRoles | None = None) -> harness.Worker | ProcfileProcess:
     """The ingest worker as the Procfile runs it: the Celery worker (harness.Worker, with the Procfile's app,
-    pool and concurrency), or with INGEST_MODE=aggregate the Procfile's worker line itself."""
+    pool and concurrency), or with INGEST_MODE=aggregate the Procfile's worker line itself; as the worker
+    role if ``roles`` are given."""
     if mode == "task":
         worker = harness.Worker(env, celery_app_of(procfile_command("worker")), env.ingest_queue,
                                 WORKER_CONCURRENCY, "ingest")  # fmt: skip
-        worker.start()
+        with roles.worker_database_url() if roles else nullcontext():
+            worker.start()
         return worker
     from tasks.aggregator import READY_LOG
 
     aggregator = ProcfileProcess("worker", env.workdir, {"INGEST_MODE": "aggregate",
-                                 "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics")})  # fmt: skip
+                                 "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics"),
+                                 **(roles.worker_env() if roles else {})})  # fmt: skip
     aggregator.start(lambda: READY_LOG in aggregator.log())
     return aggregator
 
