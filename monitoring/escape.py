@@ -38,7 +38,8 @@ def escape(value: object) -> str:
 
 
 def _escape_arg(value: Any) -> Any:
-    return escape(value) if isinstance(value, str) else value
+    # An exception's text often quotes the input that caused it.
+    return escape(value) if isinstance(value, (str, BaseException)) else value
 
 
 def _escaped_args(args: Any) -> Any:

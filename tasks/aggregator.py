@@ -122,6 +122,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import celeryconfig
 from config import Settings, get_settings
 from monitoring import metrics
+from monitoring.escape import install_log_escaping
 from schema.message import decode_message
 from storage import dead_letters
 from storage.db import make_engine, make_session_factory
@@ -595,6 +596,7 @@ def main(argv: list[str] | None = None) -> None:
             "with Redis run the Celery worker (INGEST_MODE=task)"
         )
     logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+    install_log_escaping()
     aggregator = Aggregator(settings)
     with aggregator.signals():
         aggregator.run()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init
+from celery.signals import beat_init, celeryd_init
+
+from monitoring.escape import install_log_escaping
 
 from tasks.broker import AMQP_CLASS
 
@@ -20,6 +22,13 @@ def create_app() -> Celery:
 
 
 app = create_app()
+
+
+@celeryd_init.connect
+@beat_init.connect
+def escape_logged_identifiers(**_: Any) -> None:
+    """Client-chosen names in log arguments reach operators' terminals escaped."""
+    install_log_escaping()
 
 
 @beat_init.connect

@@ -296,6 +296,11 @@ def test_log_escaping_escapes_the_arguments_of_every_record(
         with caplog.at_level(logging.INFO, logger="tests.escape"):
             logging.getLogger("tests.escape").info("feature %s of tenant %s, %d rows", HOSTILE_FEATURE, "t\x1b", 3)
             logging.getLogger("tests.escape").info("by name: %(f)s", {"f": "a\nforged line"})
+            logging.getLogger("tests.escape").warning("not stored (%s)", ValueError("bad name \x1b[2J"))
     finally:
         logging.setLogRecordFactory(original)
-    assert caplog.messages == [f"feature {ESCAPED_FEATURE} of tenant t\\x1b, 3 rows", "by name: a\\x0aforged line"]
+    assert caplog.messages == [
+        f"feature {ESCAPED_FEATURE} of tenant t\\x1b, 3 rows",
+        "by name: a\\x0aforged line",
+        "not stored (bad name \\x1b[2J)",  # an exception's text quotes its input
+    ]

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.exc import OperationalError
 
 from config import get_settings
+from monitoring.escape import install_log_escaping
 from producer import get_tracker
 from web import dashboard, docs, ingest, metrics, page, rate_limit
 from web.body_limit import BodyLimit
@@ -28,6 +29,7 @@ SHUTDOWN_FLUSH_TIMEOUT_S = 5.0
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    install_log_escaping()  # client-chosen names in log arguments reach terminals escaped
     rate_limit.install(app, get_settings())
     open_database(app)
     get_tracker().start()  # replays what a crashed predecessor left in the spool
