@@ -31,8 +31,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from storage.histogram import LatencyHistogram
-from storage.rollups import LATENCY_BUCKET_SQL  # rollup_latency_bucket, inlined: see there
+from storage.histogram import LatencyHistogram, bucket_sql
 
 Granularity = Literal["hour", "day"]
 GRANULARITIES: tuple[Granularity, ...] = ("hour", "day")
@@ -206,7 +205,7 @@ TAIL_PART = f"""
 SELECT e.feature_name, date_trunc('hour', e.timestamp, 'UTC'),
        1, (e.status = 'error')::int, e.input_tokens, e.output_tokens, e.tokens_used,
        e.latency_ms, e.latency_ms, e.latency_ms,
-       ARRAY[{LATENCY_BUCKET_SQL.format(latency="e.latency_ms")}], ARRAY[1]
+       ARRAY[{bucket_sql("e.latency_ms")}], ARRAY[1]
 FROM analytics_events e WHERE {PENDING_ROWS}"""
 
 TOTALS = """

@@ -63,6 +63,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import RollupPendingBatch
+from storage.histogram import bucket_sql
 from storage.partitions import Month, existing_months
 
 logger = logging.getLogger(__name__)
@@ -138,15 +139,9 @@ RANGE_ROWS = (
     " AND NOT EXISTS (SELECT 1 FROM rollup_pending_batches p WHERE p.batch_id = e.batch_id)"
 )
 
-# The body of the SQL function rollup_latency_bucket (migration 0002), written
-# out: PostgreSQL does not inline that function (it is STRICT and a CASE is not),
-# so calling it cost a SQL-function call per event, 2.8 s of CPU per 1M rows;
-# the expression itself costs 0.15 s. Same expression, same float operations,
-# same buckets (tests compare both with storage.histogram.bucket_of).
-LATENCY_BUCKET_SQL = (
-    "CASE WHEN {latency} <= 0 THEN 0"
-    " ELSE 1 + ceil(ln({latency}::float8) / ln(1.02::float8 / 0.98::float8)) END::smallint"
-)
+# Each event's latency bucket, rendered by storage.histogram from its constants
+# (written out, not a function call: see bucket_sql).
+EVENT_LATENCY_BUCKET = bucket_sql("e.latency_ms")
 
 # One scan, two hashed grouping sets; a column outside a row's set is NULL.
 # date_bin from a UTC midnight is plain arithmetic; date_trunc(.., 'UTC') goes
@@ -271,8 +266,7 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     # 175 s instead of 5 s for 1M rows): no plain index scans here, only the
     # BRIN bitmap scan on batch_id (or, for a rebuild, the time-range indexes).
     conn.execute(text("SET LOCAL enable_sort = off; SET LOCAL enable_indexscan = off"))
-    bucket = LATENCY_BUCKET_SQL.format(latency="e.latency_ms")
-    conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH, bucket=bucket)), params)
+    conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH, bucket=EVENT_LATENCY_BUCKET)), params)
     conn.execute(text("SET LOCAL enable_sort = on; SET LOCAL enable_indexscan = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [

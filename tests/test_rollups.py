@@ -6,6 +6,7 @@ every rollup figure with the same figure computed from raw events.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -19,12 +20,15 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from storage.histogram import (
+    GAMMA,
     RELATIVE_ERROR,
     LatencyHistogram,
     bucket_of,
+    bucket_sql,
     representative,
 )
 from storage.events import store_batch
@@ -72,16 +76,44 @@ def some_events(n: int, hours_ago: int = 1, seed: int = 0, **fixed: object) -> l
 # --- the histogram ------------------------------------------------------------
 
 
-def test_sql_bucket_function_agrees_with_python_and_keeps_the_error_bound(engine: Engine) -> None:
+def bucket_edge_values() -> list[int]:
+    """0, 1, small values, the integers either side of every bucket boundary g**j, and the max int."""
+    boundaries = [GAMMA**j for j in range(bucket_of(MAX_LATENCY) + 1)]
+    around = {v + d for b in boundaries for v in (math.floor(b), math.ceil(b)) for d in (-1, 0, 1)}
+    powers = {2**k + d for k in range(31) for d in (-1, 0, 1)} | {10**k for k in range(10)}
+    return sorted(v for v in around | powers | set(range(-1, 2000)) | {MAX_LATENCY - 1, MAX_LATENCY}
+                  if -1 <= v <= MAX_LATENCY)  # fmt: skip
+
+
+def test_sql_bucket_expression_agrees_with_python_and_keeps_the_error_bound(engine: Engine) -> None:
+    """The one formula, both renderings: storage.histogram's bucket_of and its bucket_sql, on
+    the edge values and random ones, and on the function migration 0002 froze (the rollups
+    stored with it stay valid)."""
     rng = random.Random(7)
-    values = list(range(0, 2000)) + [rng.randrange(MAX_LATENCY) for _ in range(2000)] + [MAX_LATENCY]
+    values = bucket_edge_values() + [rng.randrange(MAX_LATENCY) for _ in range(20_000)]
+    frozen = ScriptDirectory.from_config(Config(str(REPO_ROOT / "alembic.ini"))).get_revision("0002")
+    assert frozen is not None
     with engine.connect() as conn:
-        sql = conn.execute(
-            text("SELECT v, rollup_latency_bucket(v) FROM unnest(CAST(:vs AS integer[])) AS v"), {"vs": values}
-        ).all()
-    for value, bucket in sql:
-        assert bucket == bucket_of(value), value
-        assert within_error(representative(bucket), value), value
+        conn.execute(text(frozen.module.LATENCY_BUCKET_FUNCTION.replace(
+            "CREATE FUNCTION rollup_latency_bucket", "CREATE FUNCTION pg_temp.frozen_latency_bucket")))  # fmt: skip
+        rows = conn.execute(
+            text(f"SELECT v, {bucket_sql('v')}, pg_temp.frozen_latency_bucket(v)"
+                 " FROM unnest(CAST(:vs AS integer[])) AS v"),
+            {"vs": values},
+        ).all()  # fmt: skip
+        conn.rollback()
+    assert len(rows) == len(values)
+    for value, bucket, frozen_bucket in rows:
+        assert bucket == bucket_of(value) == frozen_bucket, value
+        assert within_error(representative(bucket), max(value, 0)), value
+    assert bucket_of(MAX_LATENCY) < 2**15, "bucket indexes are smallint"
+
+
+def test_the_bucket_function_of_migration_0002_is_gone_at_head(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regprocedure('rollup_latency_bucket(integer)')")).scalar() is None
+        assert conn.execute(text("SELECT to_regprocedure('rollup_hist_merge(smallint[], integer[],"
+                                 " smallint[], integer[])')")).scalar() is not None  # fmt: skip
 
 
 def test_histogram_quantiles_are_within_the_stated_error_of_percentile_disc(engine: Engine) -> None:
