@@ -7,6 +7,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import create_engine, pool
+from sqlalchemy.schema import SchemaItem
 
 from config import get_settings
 from models import Base
@@ -22,11 +23,15 @@ def database_url() -> str:
     """The URL a caller passed (storage.migrate), else the one from the environment."""
     return config.attributes.get("database_url") or get_settings().database_url
 
+
 # Monthly partitions are managed by storage.partitions, not by migrations.
 PARTITION_NAME = re.compile(r"^analytics_events_\d{4}_\d{2}$")
 
 
-def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001 - alembic's hook signature
+def include_object(
+    obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: SchemaItem | None
+) -> bool:
+    """Leave the monthly partitions (and their indexes) out of autogenerate and ``alembic check``."""
     if type_ == "table" and name and PARTITION_NAME.match(name):
         return False
     if type_ == "index" and reflected and getattr(obj, "table", None) is not None:
@@ -52,6 +57,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             include_object=include_object,
+            compare_server_default=True,  # `alembic check` also compares server defaults
         )
         with context.begin_transaction():
             context.run_migrations()
