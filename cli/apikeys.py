@@ -11,17 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from config import get_settings
+from cli import engines
 from monitoring.escape import escape
 from storage.api_keys import create_key, list_keys, revoke
-from storage.db import make_engine, make_session_factory
-
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
-
-
-def _sessions():  # noqa: ANN202 - a sessionmaker bound to a fresh engine
-    return make_session_factory(make_engine(get_settings()))
 
 
 def _when(moment: datetime | None, missing: str = "-") -> str:
@@ -57,7 +51,7 @@ def create_command(
         if expires_at <= datetime.now(timezone.utc):
             raise click.BadParameter(f"{expires_on:%Y-%m-%d} is not in the future", param_hint="--expires")
     try:
-        with _sessions().begin() as session:
+        with engines.sessions().begin() as session:
             row, key = create_key(session, name=name or (tenant_id or "admin"), tenant_id=tenant_id, admin=admin,
                                   expires_at=expires_at)  # fmt: skip
             prefix, scope = row.prefix, row.scope
@@ -75,7 +69,7 @@ def list_command(tenant_id: str | None) -> None:
 
     Times are UTC; last use is recorded at most once a minute.
     """
-    with _sessions()() as session:
+    with engines.sessions()() as session:
         rows = list_keys(session, tenant_id)
     if not rows:
         click.echo("no API keys")
@@ -99,7 +93,7 @@ def list_command(tenant_id: str | None) -> None:
 @click.argument("prefix")
 def revoke_command(prefix: str) -> None:
     """Revoke the key with this prefix; requests with it get 401 from then on."""
-    with _sessions().begin() as session:
+    with engines.sessions().begin() as session:
         revoked = revoke(session, prefix)
     if not revoked:
         raise click.ClickException(f"no active key with prefix {escape(repr(prefix))} (see: api-keys list)")

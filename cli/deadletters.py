@@ -8,18 +8,14 @@ from datetime import datetime, timezone
 import click
 from sqlalchemy import delete, func, select
 
+from cli import engines
 from config import get_settings
-from monitoring.escape import escape
 from models import DeadLetter
-from storage.db import make_engine, make_session_factory
+from monitoring.escape import escape
 from storage.replay import replay
 
 REASON_WIDTH = 70
 PAYLOAD_WIDTH = 100
-
-
-def _sessions():  # noqa: ANN202 - a sessionmaker bound to a fresh engine
-    return make_session_factory(make_engine(get_settings()))
 
 
 def _short(text: str, width: int) -> str:
@@ -44,7 +40,7 @@ def list_command(limit: int, source: str | None, payload: bool) -> None:
     if source:
         query = query.where(DeadLetter.source == source)
         count_query = count_query.where(DeadLetter.source == source)
-    with _sessions()() as session:
+    with engines.sessions()() as session:
         total = session.scalar(count_query) or 0
         letters = session.scalars(query).all()
     click.echo(f"{total} dead letters" + (f" from {source}" if source else ""))
@@ -64,8 +60,8 @@ def replay_command(ids: tuple[int, ...], replay_all: bool) -> None:
     """Store what now passes, keep what still fails (its attempts go up). Idempotent."""
     if not ids and not replay_all:
         raise click.UsageError("name dead-letter ids, or pass --all")
-    with _sessions().begin() as session:
-        result = replay(session, None if replay_all else list(ids))
+    with engines.sessions().begin() as session:
+        result = replay(session, None if replay_all else list(ids), get_settings())
     click.echo(
         f"replayed {result.replayed} dead letters: {result.stored} events stored,"
         f" {result.duplicates} already stored, {result.still_failing} still failing"
@@ -88,7 +84,7 @@ def purge_command(ids: tuple[int, ...], before: datetime | None, purge_all: bool
         raise click.UsageError("name dead-letter ids, or pass --before or --all")
     if not yes:
         click.confirm("Delete these dead letters for good?", abort=True)
-    with _sessions().begin() as session:
+    with engines.sessions().begin() as session:
         deleted = session.execute(statement).rowcount
     click.echo(f"purged {deleted} dead letters")
 

@@ -6,11 +6,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 import click
-from sqlalchemy import Engine
 
+from cli import engines
 from config import get_settings
 from monitoring.escape import escape
-from storage.db import make_engine, make_owner_engine
 from storage.partitions import (
     PartitionInfo,
     PartitionLockTimeout,
@@ -23,10 +22,6 @@ from storage.partitions import (
 
 BYTES_UNITS = ("B", "kB", "MB", "GB", "TB")
 KILO = 1024
-
-
-def _engine() -> Engine:
-    return make_engine(get_settings())
 
 
 def _policy() -> PartitionPolicy:
@@ -60,12 +55,8 @@ def list_command() -> None:
     Row counts are the planner's estimates (updated by ANALYZE/autovacuum);
     "?" means the table was never analyzed.
     """
-    engine = _engine()
-    try:
-        with engine.connect() as conn:
-            infos = list_partitions(conn)
-    finally:
-        engine.dispose()
+    with engines.engine().connect() as conn:
+        infos = list_partitions(conn)
     if not infos:
         click.echo("no partitions")
         return
@@ -91,13 +82,10 @@ def ensure_command(ahead: int | None) -> None:
     wanted = months_ahead(
         datetime.now(timezone.utc), policy.months_ahead if ahead is None else ahead
     )
-    engine = _engine()
     try:
-        created = ensure_partitions(engine, wanted, policy)
+        created = ensure_partitions(engines.engine(), wanted, policy)
     except PartitionLockTimeout as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        engine.dispose()
     for month in created:
         click.echo(f"created {month.table_name}")
     click.echo(
@@ -132,13 +120,10 @@ def retention_command(dry_run: bool, keep_months: int | None, keep_detached: boo
     if keep_detached is not None:
         policy = replace(policy, keep_detached=keep_detached)
     now = datetime.now(timezone.utc)
-    engine = make_owner_engine(get_settings())
     try:
-        report = run_retention(engine, policy, now, dry_run=dry_run)
+        report = run_retention(engines.owner_engine(), policy, now, dry_run=dry_run)
     except PartitionLockTimeout as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        engine.dispose()
     plan = report.plan
     if plan.oldest_kept is None:
         click.echo("retention is off (PARTITION_RETENTION_MONTHS=0): every month is kept")

@@ -7,18 +7,17 @@ are printed with their control characters escaped (monitoring.escape).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
+from cli import engines
 from config import get_settings
 from monitoring.escape import escape
 from queries import rollups as q
-from storage.db import make_engine
 from storage.rollups import rebuild as rebuild_range
 from storage.rollups import run_until_idle
 
@@ -45,17 +44,8 @@ class UtcDateTime(click.ParamType):
 UTC_DATETIME = UtcDateTime()
 
 
-@contextmanager
-def _engine() -> Iterator[Engine]:
-    engine = make_engine(get_settings())
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 def _read(reader: Callable[[Connection], T]) -> T:
-    with _engine() as engine, q.snapshot(engine) as conn:
+    with q.snapshot(engines.engine()) as conn:
         return reader(conn)
 
 
@@ -90,8 +80,7 @@ def rollups() -> None:
 @click.option("--chunk", type=int, default=None, help="Batches per transaction (default: ROLLUP_CHUNK_BATCHES).")
 def run_command(chunk: int | None) -> None:
     """Add every committed, not yet rolled-up batch to the rollups."""
-    with _engine() as engine:
-        report = run_until_idle(engine, chunk or get_settings().rollup_chunk_batches)
+    report = run_until_idle(engines.engine(), chunk or get_settings().rollup_chunk_batches)
     click.echo(
         f"rolled up {report.events:,} events of {report.batches:,} batches"
         f" in {report.chunks} chunks, {report.seconds:.2f}s"
@@ -104,8 +93,7 @@ def run_command(chunk: int | None) -> None:
 def rebuild_command(start: datetime, end: datetime) -> None:
     """Drop and recompute from raw events the rollups of every UTC day meeting [--from, --to)."""
     try:
-        with _engine() as engine:
-            report = rebuild_range(engine, start, end)
+        report = rebuild_range(engines.engine(), start, end)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(f"rebuilt {len(report.days)} days, {report.events:,} events, {report.seconds:.2f}s")

@@ -51,7 +51,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from config import get_settings
+from config import Settings
 from models import AnalyticsEvent
 from schema.message import plain_payload
 from storage.dead_letters import Rejected
@@ -185,6 +185,7 @@ class _MissingMonths:
 def store_batch(
     session: Session,
     rows: list[Row],
+    settings: Settings,
     *,
     policy: PartitionPolicy | None = None,
     writer: Writer | None = None,
@@ -192,9 +193,9 @@ def store_batch(
 ) -> WriteResult:
     """Insert ``rows`` in the session's transaction; see the module docstring.
 
-    ``policy``, ``writer`` and ``caps`` default to the process's settings.
+    ``settings`` are the caller's (never read from the environment here);
+    ``policy``, ``writer`` and ``caps``, when given, replace the ones built from them.
     """
-    settings = get_settings()
     policy = policy or PartitionPolicy.from_settings(settings)
     writer = writer or WRITERS[settings.ingest_writer]
     rows, repeats = unique_in_batch(rows)

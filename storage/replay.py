@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from config import Settings
 from models import DeadLetter
 from schema.event import WIRE_FIELDS, WIRE_VERSION
 from schema.message import DecodedBatch, decode_message
@@ -51,16 +52,16 @@ def _as_message(payload: Any) -> Any:
 
 
 def replay(
-    session: Session, ids: list[int] | None = None, *, policy: PartitionPolicy | None = None
+    session: Session, ids: list[int] | None, settings: Settings, *, policy: PartitionPolicy | None = None
 ) -> ReplayResult:
-    """Replay the given dead letters (all when ``ids`` is None) in the session's transaction."""
+    """Replay the given dead letters (all when ``ids`` is None) in the session's transaction, with ``settings``."""
     query = select(DeadLetter).order_by(DeadLetter.id).with_for_update(skip_locked=True)
     if ids is not None:
         query = query.where(DeadLetter.id.in_(ids))
     result = ReplayResult()
     for letter in session.scalars(query):
         decoded: DecodedBatch = decode_message(_as_message(json.loads(letter.payload)))
-        written = store_batch(session, decoded.rows, policy=policy)
+        written = store_batch(session, decoded.rows, settings, policy=policy)
         failing = [Rejected(payload=p, reason=r, source=letter.source) for p, r in decoded.invalid]
         failing += [Rejected(payload=r.payload, reason=r.reason, source=letter.source) for r in written.rejected]
         fingerprints = {dead_letters.fingerprint(dead_letters.encode_payload(r.payload)) for r in failing}

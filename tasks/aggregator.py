@@ -117,6 +117,7 @@ from celery import Celery
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 from kombu.mixins import ConsumerMixin
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import celeryconfig
@@ -253,16 +254,17 @@ class TransactionWriter:
     back to be parked, so one poisoned message never holds up the others.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], retry_max_s: float, stop: threading.Event) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, stop: threading.Event) -> None:
         self._sessions = sessions
-        self._retry_max_s = retry_max_s
+        self._settings = settings
+        self._retry_max_s = settings.ingest_retry_max_s
         self._stop = stop
 
     def _commit(self, batch: list[Received]) -> WriteResult:
         rows = [row for item in batch for row in item.rows]
         refused = [rejected for item in batch for rejected in item.rejected]
         with self._sessions.begin() as session:
-            result = store_batch(session, rows)
+            result = store_batch(session, rows, self._settings)
             dead_letters.record(session, refused + result.rejected)
         return result
 
@@ -359,7 +361,8 @@ class InFlight:
 class Aggregator(ConsumerMixin):
     """Consumes ``settings.ingest_queue``; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        """``engine`` is the process's (main() makes and disposes it)."""
         self.settings = settings
         self.app = Celery("analytics-aggregator", set_as_current=False, amqp=AMQP_CLASS)
         self.app.conf.update(celeryconfig.build(settings))
@@ -373,7 +376,7 @@ class Aggregator(ConsumerMixin):
         self._stop_writes = threading.Event()
         self.writer = WriterThread(
             TransactionWriter(
-                make_session_factory(make_engine(settings)), settings.ingest_retry_max_s, self._stop_writes
+                make_session_factory(engine), settings, self._stop_writes
             ).write
         )
         self.inflight: InFlight | None = None
@@ -597,9 +600,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
     install_log_escaping()
-    aggregator = Aggregator(settings)
-    with aggregator.signals():
-        aggregator.run()
+    engine = make_engine(settings)  # the process's one engine
+    try:
+        aggregator = Aggregator(settings, engine)
+        with aggregator.signals():
+            aggregator.run()
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":

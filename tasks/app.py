@@ -5,10 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init
+from celery.signals import (
+    beat_init,
+    celeryd_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from config import get_settings
 
 from monitoring.escape import install_log_escaping
-
+from tasks import resources
 from tasks.broker import AMQP_CLASS
 
 TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
@@ -29,6 +38,24 @@ app = create_app()
 def escape_logged_identifiers(**_: Any) -> None:
     """Client-chosen names in log arguments reach operators' terminals escaped."""
     install_log_escaping()
+
+
+@worker_init.connect
+def open_process_engines(**_: Any) -> None:
+    """The worker's main process (the consumer; the tasks too with the threads or solo pool)."""
+    resources.open_engines(get_settings())
+
+
+@worker_process_init.connect
+def engines_after_fork(**_: Any) -> None:
+    """A prefork child: its own pool, never the parent's connections."""
+    resources.after_fork()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def close_process_engines(**_: Any) -> None:
+    resources.close_engines()
 
 
 @beat_init.connect

@@ -1,31 +1,30 @@
-"""Task base class giving each worker process its own database engine."""
+"""Task base class handing each task its worker process's database engine."""
 
 from __future__ import annotations
 
-from functools import cached_property
+from typing import Any
 
 from celery import Task
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import get_settings
-from storage.db import make_engine, make_owner_engine, make_session_factory
+from tasks import resources
 
 
-class DatabaseTask(Task):
-    """Engine created on first use, i.e. in the pool child after the fork."""
+class DatabaseTask(Task[..., Any]):
+    """The process's engines (tasks.resources), shared by every task and the consumer."""
 
     abstract = True
 
-    @cached_property
+    @property
     def engine(self) -> Engine:
-        return make_engine(get_settings())
+        return resources.engine()
 
-    @cached_property
+    @property
     def session_factory(self) -> sessionmaker[Session]:
-        return make_session_factory(self.engine)
+        return resources.session_factory()
 
-    @cached_property
+    @property
     def owner_engine(self) -> Engine:
         """As the tables' owner (DATABASE_OWNER_URL, else DATABASE_URL): partition retention only."""
-        return make_owner_engine(get_settings())
+        return resources.owner_engine()

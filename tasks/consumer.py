@@ -46,8 +46,8 @@ from vine import promise
 from config import Settings, get_settings
 from monitoring import metrics
 from storage import dead_letters
-from storage.db import make_engine, make_session_factory
 from storage.dead_letters import Rejected, storable_text
+from tasks import resources
 from tasks.admission import SOURCE_QUEUE, raw_payload, refusal
 from tasks.broker import park
 from tasks.failures import caused_by_message
@@ -93,9 +93,10 @@ class DeadLetteringConsumer(Consumer):
     def _settings(self) -> Settings:
         return get_settings()
 
-    @cached_property
+    @property
     def _dead_letter_sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(make_engine(self._settings))
+        """The worker process's sessions (tasks.resources), the tasks' own with the threads pool."""
+        return resources.session_factory()
 
     def _on_ingest_queue(self, message: Message) -> bool:
         """The message came from the ingest queue (routed by its name, as Celery and

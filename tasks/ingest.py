@@ -75,7 +75,7 @@ def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]
         # never fails (a failed task would be rejected: dropped by Redis' transport).
         decoded, invalid = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
         with self.session_factory.begin() as session:
-            result = store_batch(session, decoded.rows)
+            result = store_batch(session, decoded.rows, settings)
             dead_letters.record(session, invalid + result.rejected)
     except Exception as exc:
         # Not about the rows (those were handled above): the database is down,

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
+from config import get_settings
 from storage import dead_letters
 from storage.events import Row, WriteResult, store_batch
 from storage.histogram import RELATIVE_ERROR, LatencyHistogram
@@ -70,7 +71,7 @@ def ingest_transaction(engine: Engine) -> Iterator[Session]:
 def ingest(engine: Engine, rows: list[Row]) -> WriteResult:
     """What the ingest task does with one decoded message."""
     with ingest_transaction(engine) as session:
-        result = store_batch(session, copy_rows(rows))
+        result = store_batch(session, copy_rows(rows), get_settings())
         dead_letters.record(session, result.rejected)
     return result
 

@@ -26,7 +26,7 @@ from kombu import Connection
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from config import Settings
+from config import Settings, get_settings
 from producer import Tracker
 from schema.event import MAX_INT32, WIRE_FIELDS, InvalidEvent, parse_wire_row
 from schema.message import decode_message
@@ -290,7 +290,7 @@ def test_malformed_events_are_stored_or_dead_lettered_never_lost_never_raised(
     with Session(engine) as session:
         session.begin()
         try:
-            result = store_batch(session, decoded.rows, writer=WRITERS[writer])
+            result = store_batch(session, decoded.rows, get_settings(), writer=WRITERS[writer])
             rejected = [Rejected(p, r) for p, r in decoded.invalid] + result.rejected
             dead_letters.record(session, rejected)
             stored = session.execute(

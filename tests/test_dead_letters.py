@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from cli.main import cli
+from config import get_settings
 from schema.event import WIRE_FIELDS
 from schema.message import decode_message
 from storage import dead_letters
@@ -51,7 +52,7 @@ def ingest(engine: Engine, msg: dict, policy: PartitionPolicy) -> None:
     """What the worker does with one message (tasks.ingest), in one transaction."""
     decoded = decode_message(msg)
     with Session(engine) as session, session.begin():
-        result = store_batch(session, decoded.rows, policy=policy)
+        result = store_batch(session, decoded.rows, get_settings(), policy=policy)
         dead_letters.record(session, [Rejected(p, r) for p, r in decoded.invalid] + result.rejected)
 
 
@@ -67,7 +68,7 @@ def test_replay_after_a_fix_stores_once_and_removes_the_dead_letter(engine: Engi
     relaxed = PartitionPolicy(max_future_skew=timedelta(days=1))  # the fix
     for _ in range(2):  # replaying twice changes nothing the second time
         with Session(engine) as session, session.begin():
-            replay(session, [letter_id], policy=relaxed)
+            replay(session, [letter_id], get_settings(), policy=relaxed)
     assert stored(engine, tenant) == 2
     assert letters(engine, tenant) == []
 
@@ -79,7 +80,7 @@ def test_a_dead_letter_that_still_fails_stays_with_more_attempts(engine: Engine)
     [(letter_id, attempts, reason)] = letters(engine, tenant)
     assert attempts == 1 and "status" in reason
     with Session(engine) as session, session.begin():
-        result = replay(session, [letter_id], policy=policy)
+        result = replay(session, [letter_id], get_settings(), policy=policy)
     assert (result.replayed, result.stored, result.still_failing) == (0, 0, 1)
     [(same_id, attempts, _)] = letters(engine, tenant)
     assert (same_id, attempts) == (letter_id, 2)
@@ -129,6 +130,6 @@ def test_a_raw_queue_message_for_the_ingest_task_can_be_replayed(engine: Engine)
         dead_letters.record(session, [Rejected(raw, "worker was misconfigured", source="queue")])
     [(letter_id, _, _)] = letters(engine, tenant)
     with Session(engine) as session, session.begin():
-        result = replay(session, [letter_id])
+        result = replay(session, [letter_id], get_settings())
     assert (result.replayed, result.stored) == (1, 2)
     assert stored(engine, tenant) == 2

@@ -17,21 +17,17 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from config import Settings, get_settings
 from schema.event import WIRE_FIELDS, parse_wire_row
 from storage import dead_letters
 from storage.dead_letters import Rejected, encode_payload
 from storage.events import Row, WriteResult, store_batch
 
 
-@pytest.fixture(autouse=True, params=["bulk", "copy"])
-def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Every test here runs with each writer (INGEST_WRITER): the guarantees must not depend on it."""
-    from config import get_settings
-
-    monkeypatch.setenv("INGEST_WRITER", request.param)
-    get_settings.cache_clear()
-    yield request.param
-    get_settings.cache_clear()
+@pytest.fixture(params=["bulk", "copy"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Every test that writes runs with each writer (INGEST_WRITER): the guarantees must not depend on it."""
+    return get_settings().model_copy(update={"ingest_writer": request.param})
 
 
 @pytest.fixture
@@ -64,10 +60,10 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def write(engine: Engine, rows: list[Row]) -> WriteResult:
+def write(engine: Engine, rows: list[Row], settings: Settings) -> WriteResult:
     """What the ingest task does with a decoded batch: store, dead-letter, commit."""
     with transaction(engine) as session:
-        result = store_batch(session, rows)
+        result = store_batch(session, rows, settings)
         dead_letters.record(session, result.rejected)
     return result
 
@@ -108,30 +104,30 @@ def letters_for(engine: Engine, tenant: str) -> list[dict[str, Any]]:
 # --- idempotency ----------------------------------------------------------------------
 
 
-def test_batch_stored_twice_stores_each_event_once(engine: Engine, tenant: str) -> None:
+def test_batch_stored_twice_stores_each_event_once(engine: Engine, tenant: str, settings: Settings) -> None:
     rows = make_rows(tenant, 50)
-    first = write(engine, rows)
+    first = write(engine, rows, settings)
     assert (first.stored, first.duplicates, first.rejected) == (50, 0, [])
-    second = write(engine, rows)
+    second = write(engine, rows, settings)
     assert (second.stored, second.duplicates, second.rejected) == (0, 50, [])
     assert stored(engine, tenant) == (50, 50)
 
 
-def test_overlapping_batch_stores_only_the_new_events(engine: Engine, tenant: str) -> None:
+def test_overlapping_batch_stores_only_the_new_events(engine: Engine, tenant: str, settings: Settings) -> None:
     old, new = make_rows(tenant, 30), make_rows(tenant, 20)
-    write(engine, old)
+    write(engine, old, settings)
     # Already-stored events scattered among new ones, as a partly replayed spool would send them.
     mixed = [row for pair in zip(old[10:], new) for row in pair]
-    result = write(engine, mixed)
+    result = write(engine, mixed, settings)
     assert (result.stored, result.duplicates, result.rejected) == (20, 20, [])
     assert stored(engine, tenant) == (50, 50)
     assert stored_ids(engine, tenant) == {m["event_id"] for m, _ in old + new}
 
 
-def test_duplicate_event_id_inside_one_batch_is_stored_once(engine: Engine, tenant: str) -> None:
+def test_duplicate_event_id_inside_one_batch_is_stored_once(engine: Engine, tenant: str, settings: Settings) -> None:
     a, b, c = make_rows(tenant, 3)
     a_again = tamper(a, user_id="second-copy")  # same key (event_id, tenant_id, timestamp)
-    result = write(engine, [a, b, a_again, c, b])
+    result = write(engine, [a, b, a_again, c, b], settings)
     assert (result.stored, result.duplicates, result.rejected) == (3, 2, [])
     assert stored(engine, tenant) == (3, 3)
     with engine.connect() as conn:
@@ -146,59 +142,59 @@ def as_tenant(row: Row, tenant: str) -> Row:
     return tamper(row, tenant_id=tenant)
 
 
-def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(engine: Engine, tenant: str) -> None:
+def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(engine: Engine, tenant: str, settings: Settings) -> None:
     """Issue 12 finding 6: tenant A's pre-submitted ids must not drop tenant B's events."""
     attacker = f"{tenant}-a"
     victim_rows = make_rows(tenant, 20)
     stolen = [as_tenant(row, attacker) for row in victim_rows]
-    assert (write(engine, stolen).stored, stored(engine, attacker)) == (20, (20, 20))
-    victim = write(engine, victim_rows)
+    assert (write(engine, stolen, settings).stored, stored(engine, attacker)) == (20, (20, 20))
+    victim = write(engine, victim_rows, settings)
     assert (victim.stored, victim.duplicates, victim.rejected) == (20, 0, [])
     assert stored_ids(engine, tenant) == stored_ids(engine, attacker) == {m["event_id"] for m, _ in victim_rows}
     # Both tenants in one batch too: two events each, none a duplicate of the other.
     both = make_rows(tenant, 5)
     mixed = both + [as_tenant(row, attacker) for row in both]
-    assert (write(engine, mixed).stored, stored(engine, tenant)[0], stored(engine, attacker)[0]) == (10, 25, 25)
+    assert (write(engine, mixed, settings).stored, stored(engine, tenant)[0], stored(engine, attacker)[0]) == (10, 25, 25)
 
 
-def test_a_redelivered_two_tenant_batch_stores_nothing_twice(engine: Engine, tenant: str) -> None:
+def test_a_redelivered_two_tenant_batch_stores_nothing_twice(engine: Engine, tenant: str, settings: Settings) -> None:
     other = f"{tenant}-b"
     rows = make_rows(tenant, 30)
     batch = rows + [as_tenant(row, other) for row in rows]
-    assert write(engine, batch).stored == 60
-    again = write(engine, batch)
+    assert write(engine, batch, settings).stored == 60
+    again = write(engine, batch, settings)
     assert (again.stored, again.duplicates, again.rejected) == (0, 60, [])
     # Partly stored: only the other tenant's copies are new.
     third = f"{tenant}-c"
     partly = batch[:10] + [as_tenant(row, third) for row in rows[:10]]
-    result = write(engine, partly)
+    result = write(engine, partly, settings)
     assert (result.stored, result.duplicates) == (10, 10)
     assert stored(engine, tenant) == stored(engine, other) == (30, 30)
     assert stored(engine, third) == (10, 10)
 
 
-def test_store_batch_commits_with_the_callers_transaction(engine: Engine, tenant: str) -> None:
+def test_store_batch_commits_with_the_callers_transaction(engine: Engine, tenant: str, settings: Settings) -> None:
     """Nothing is stored unless the caller commits: the task acknowledges after the commit."""
     rows = make_rows(tenant, 10)
     with Session(engine) as session:
         session.begin()
-        assert store_batch(session, rows).stored == 10
+        assert store_batch(session, rows, settings).stored == 10
         session.rollback()
     assert stored(engine, tenant) == (0, 0)
-    assert write(engine, rows).stored == 10
+    assert write(engine, rows, settings).stored == 10
 
 
 # --- rows the database rejects ------------------------------------------------------------
 
 
 def test_row_violating_a_check_constraint_is_dead_lettered_while_its_batch_mates_land(
-    engine: Engine, tenant: str
+    engine: Engine, tenant: str, settings: Settings
 ) -> None:
     rows = make_rows(tenant, 100)
     bad = tamper(rows[57], input_tokens=40, output_tokens=40, tokens_used=10)  # < input + output
     rows[57] = bad
 
-    result = write(engine, rows)
+    result = write(engine, rows, settings)
 
     assert result.stored == 99
     assert result.duplicates == 0
@@ -216,7 +212,7 @@ def test_row_violating_a_check_constraint_is_dead_lettered_while_its_batch_mates
     assert (letter["source"], letter["attempts"]) == ("worker", 1)
 
 
-def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engine, tenant: str) -> None:
+def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engine, tenant: str, settings: Settings) -> None:
     rows = make_rows(tenant, 200)
     broken = {
         0: (tamper(rows[0], status="pending"), "status_known"),  # check constraint
@@ -227,7 +223,7 @@ def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engi
     for index, (row, _) in broken.items():
         rows[index] = row
 
-    result = write(engine, rows)
+    result = write(engine, rows, settings)
 
     assert result.stored == 200 - len(broken)
     assert stored(engine, tenant) == (196, 196)
@@ -238,9 +234,9 @@ def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engi
     assert len(letters_for(engine, tenant)) == len(broken)
 
 
-def test_a_batch_of_only_rejected_rows_stores_nothing_and_letters_all(engine: Engine, tenant: str) -> None:
+def test_a_batch_of_only_rejected_rows_stores_nothing_and_letters_all(engine: Engine, tenant: str, settings: Settings) -> None:
     rows = [tamper(row, tokens_used=0) for row in make_rows(tenant, 5)]
-    result = write(engine, rows)
+    result = write(engine, rows, settings)
     assert result.stored == 0
     assert len(result.rejected) == 5
     assert stored(engine, tenant) == (0, 0)
@@ -279,12 +275,12 @@ def test_the_same_payload_twice_in_one_call_is_one_row(engine: Engine, tenant: s
     assert all(letter["attempts"] == 1 for letter in letters)
 
 
-def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(engine: Engine, tenant: str) -> None:
+def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(engine: Engine, tenant: str, settings: Settings) -> None:
     """Redelivery of a batch: the good rows are duplicates, the bad row's letter counts twice."""
     rows = make_rows(tenant, 20)
     rows[3] = tamper(rows[3], tokens_used=1)
-    first = write(engine, rows)
-    second = write(engine, rows)
+    first = write(engine, rows, settings)
+    second = write(engine, rows, settings)
     assert (first.stored, len(first.rejected)) == (19, 1)
     assert (second.stored, second.duplicates, len(second.rejected)) == (0, 19, 1)
     assert stored(engine, tenant) == (19, 19)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bench.partitions import PARTITIONED_TABLE, dashboard_sql, scanned_relations
-from config.settings import Settings
+from config.settings import Settings, get_settings
 from producer.client import Tracker
 from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, check_timestamp, parse_wire_row
 from storage import dead_letters
@@ -79,7 +79,7 @@ def event(timestamp: datetime, **overrides: Any) -> Row:
 def store(engine: Engine, rows: list[Row], policy: PartitionPolicy = POLICY) -> Any:
     """What the ingest task does: rows and dead letters in one transaction."""
     with Session(engine) as session, session.begin():
-        result = store_batch(session, rows, policy=policy)
+        result = store_batch(session, rows, get_settings(), policy=policy)
         dead_letters.record(session, result.rejected)
     return result
 
@@ -136,8 +136,6 @@ def scratch_months(engine: Engine) -> Iterator[list[Month]]:
 @pytest.fixture
 def wide_past_bound(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The process's settings (the ingest task's) accept every month these tests use."""
-    from config import get_settings
-
     monkeypatch.setenv("EVENT_MAX_PAST_AGE_DAYS", str(ALL_PAST_DAYS))
     get_settings.cache_clear()
     yield

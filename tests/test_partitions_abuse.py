@@ -64,7 +64,7 @@ def as_row(wire: list[Any]) -> Row:
 
 def store(engine: Engine, rows: list[Row], policy: PartitionPolicy) -> WriteResult:
     with Session(engine) as session, session.begin():
-        result = store_batch(session, rows, policy=policy)
+        result = store_batch(session, rows, get_settings(), policy=policy)
         dead_letters.record(session, result.rejected)
     return result
 

@@ -138,7 +138,7 @@ def test_worker_role_stores_a_new_month_rolls_up_and_dead_letters(roles_db: Role
             assert month not in existing_months(conn)
         wires = [_wire(tenant, "summarization", moment, i) for i in range(20)]
         with Session(worker) as session, session.begin():
-            result = store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires])
+            result = store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires], get_settings())
             record(session, [Rejected(payload={"tenant_id": tenant, "feature_name": "x\x1b[2J"}, reason="test row")])
         assert result.stored == 20 and not result.rejected, result
         with superuser.connect() as conn:
@@ -171,7 +171,7 @@ def test_web_role_reads_a_summary_and_authenticates_but_never_writes(roles_db: R
     wires = [_wire(tenant, "smart-search", now - timedelta(minutes=5), i) for i in range(7)]
     try:
         with Session(superuser) as session, session.begin():
-            store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires])  # pending: not rolled up
+            store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires], get_settings())  # pending
             _, key = create_key(session, name="roles test", tenant_id=tenant)
         with q.snapshot(web) as conn:
             summary = q.feature_summary(conn, tenant, now - timedelta(hours=1), now + timedelta(minutes=1))

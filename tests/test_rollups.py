@@ -23,6 +23,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+from config import get_settings
 from storage.histogram import (
     GAMMA,
     RELATIVE_ERROR,
@@ -166,7 +167,7 @@ def test_a_batch_that_commits_late_is_not_missed(engine: Engine) -> None:
     early = some_events(20, hours_ago=3, seed=1)
     late = some_events(20, hours_ago=0, seed=2)
     with ingest_transaction(engine) as slow:
-        store_batch(slow, early)  # still uncommitted below
+        store_batch(slow, early, get_settings())  # still uncommitted below
         ingest(engine, late)
         run_until_idle(engine)
         with engine.connect() as conn:

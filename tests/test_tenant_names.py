@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
+from config.settings import Settings, get_settings
 from schema.event import WIRE_FIELDS, parse_wire_row
 from storage import dead_letters
 from storage.events import Row, WriteResult, store_batch
@@ -42,7 +42,7 @@ def rows_for(tenant: str, feature: str, n: int = 2, model: str | None = "gpt-x")
 
 def write(engine: Engine, rows: list[Row], caps: NameCaps = CAPS) -> WriteResult:
     with Session(engine) as session, session.begin():
-        result = store_batch(session, rows, caps=caps)
+        result = store_batch(session, rows, get_settings(), caps=caps)
         dead_letters.record(session, result.rejected)
     return result
 
@@ -118,7 +118,7 @@ def test_a_rolled_back_name_does_not_count_as_committed(engine: Engine, tenant: 
     write(engine, rows_for(tenant, "f1") + rows_for(tenant, "f2"))
     with Session(engine) as session:
         session.begin()
-        assert store_batch(session, rows_for(tenant, "ghost"), caps=CAPS).stored == 2
+        assert store_batch(session, rows_for(tenant, "ghost"), get_settings(), caps=CAPS).stored == 2
         session.rollback()
     assert ("feature", "ghost") not in catalog(engine, tenant)
     assert KNOWN.unknown({(tenant, "ghost")}, set()) == ({(tenant, "ghost")}, set())
@@ -159,7 +159,7 @@ def test_two_workers_racing_for_the_last_place_admit_one(engine: Engine, tenant:
     def first() -> None:
         try:
             with Session(engine) as session, session.begin():
-                results["a"] = store_batch(session, rows_for(tenant, "a"), caps=CAPS)
+                results["a"] = store_batch(session, rows_for(tenant, "a"), get_settings(), caps=CAPS)
                 first_holds.set()
                 release.wait(THREAD_TIMEOUT_S)
         except BaseException as exc:  # reported by the main thread

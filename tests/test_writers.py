@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from config import get_settings
 from schema.event import WIRE_FIELDS, parse_wire_row
 from storage.events import store_batch
 from storage.writers import bulk_insert, copy_rows
@@ -26,7 +27,7 @@ def test_copy_stores_awkward_strings_exactly_as_bulk_insert_does(engine: Engine)
                     i, 1, None, 10, "error", value, now_us + i]  # fmt: skip
             rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))))
         with Session(engine) as session, session.begin():
-            assert store_batch(session, rows, writer=writer).stored == len(AWKWARD)
+            assert store_batch(session, rows, get_settings(), writer=writer).stored == len(AWKWARD)
         with engine.connect() as conn:
             stored[name] = conn.execute(
                 text("SELECT user_id, model, error_type, input_tokens, tokens_used FROM analytics_events"

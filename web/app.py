@@ -31,7 +31,7 @@ SHUTDOWN_FLUSH_TIMEOUT_S = 5.0
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_log_escaping()  # client-chosen names in log arguments reach terminals escaped
     rate_limit.install(app, get_settings())
-    open_database(app)
+    open_database(app, get_settings())
     get_tracker().start()  # replays what a crashed predecessor left in the spool
     yield
     get_tracker().flush(SHUTDOWN_FLUSH_TIMEOUT_S)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from config import get_settings
+from config import Settings, get_settings
 from storage.db import make_engine, make_session_factory
 
 STATEMENT_TIMEOUT_SETTING = "API_STATEMENT_TIMEOUT_MS"
@@ -36,26 +36,31 @@ def _set_statement_timeout(engine: Engine, timeout_ms: int) -> None:
         dbapi_connection.commit()  # psycopg2 opened a transaction for the SELECT; the setting is session-wide
 
 
-def open_database(app: FastAPI) -> None:
-    """Called from the lifespan, i.e. in each uvicorn worker after it forked."""
-    settings = get_settings()
+def open_database(app: FastAPI, settings: Settings) -> None:
+    """The process's one engine, in ``app.state``: called from the lifespan, i.e. in each
+    uvicorn worker after it forked. Every route reaches it through ``sessions`` or ``web_engine``."""
     engine = make_engine(settings)
     _set_statement_timeout(engine, settings.api_statement_timeout_ms)
     app.state.statement_timeout_ms = settings.api_statement_timeout_ms
+    app.state.engine = engine
     app.state.sessions = make_session_factory(engine)
 
 
 def close_database(app: FastAPI) -> None:
-    app.state.sessions.kw["bind"].dispose()
+    """Called when the lifespan ends: closes the pooled connections."""
+    app.state.engine.dispose()
 
 
 def sessions(request: Request) -> sessionmaker[Session]:
-    return request.app.state.sessions
+    """The web process's sessions (bound to ``web_engine``)."""
+    factory: sessionmaker[Session] = request.app.state.sessions
+    return factory
 
 
 def web_engine(request: Request) -> Engine:
     """The web process's engine (statement timeout applied), for reads that need a Connection."""
-    return request.app.state.sessions.kw["bind"]
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 def timed_out(exc: BaseException) -> bool:
