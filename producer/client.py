@@ -47,6 +47,7 @@ from producer.ids import uuid7_hex_batch
 from producer.publisher import BatchPublisher
 from producer.resend import RecentMessages
 from producer.spool import Spool, SpoolFull
+from retry_policy import Backoff
 from schema.event import (
     MAX_ERROR_TYPE_LEN,
     MAX_FEATURE_NAME_LEN,
@@ -294,8 +295,10 @@ class Tracker:
             spool = self._spool
             if spool is not None and (claimed := spool.claim_orphans()):
                 logger.warning("analytics producer: replaying %d spool segments left by a previous process", claimed)
+        # Without jitter, as before: the thread wakes once per flush interval anyway.
+        backoff = Backoff(BACKOFF_START_S, self._settings.producer_retry_max_s, jitter=False)
         retry_at = 0.0
-        backoff = BACKOFF_START_S
+        failures = 0  # consecutive failed drains: the retry number of the next pause
         try:
             while True:
                 self._wake.wait(self._interval_s)
@@ -307,10 +310,10 @@ class Tracker:
                     logger.exception("analytics producer: unexpected error while publishing")
                     drained = False
                 if not drained and time.monotonic() >= retry_at:
-                    retry_at = time.monotonic() + backoff
-                    backoff = min(backoff * 2, self._settings.producer_retry_max_s)
+                    retry_at = time.monotonic() + backoff.delay(failures)
+                    failures += 1
                 elif drained and time.monotonic() >= retry_at:
-                    backoff = BACKOFF_START_S
+                    failures = 0
                 broker_down = time.monotonic() < retry_at
                 if spool is not None and (broker_down or self._closing):
                     # At most one flush interval of events is only in memory.

@@ -36,9 +36,7 @@ created fails as a whole and is retried by the ingest task, never dropped.
 from __future__ import annotations
 
 import logging
-import random
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -49,7 +47,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from config import Settings
+from retry_policy import Backoff, call_with_retry
 from schema.event import earliest_timestamp, too_old
+from storage.sqlstate import sqlstate, sqlstate_in
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ RETENTION_LOCK_KEY = 0x5245_5445  # "RETE": one retention run at a time, session
 
 DEFAULT_LOCK_TIMEOUT_MS = 2000
 DEFAULT_LOCK_RETRIES = 5
-RETRY_BASE_S = 0.2
-RETRY_CAP_S = 5.0
+LOCK_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)  # with jitter: creators racing for the lock spread out
 # SQLSTATEs worth another attempt: lock_timeout expired, deadlock detected.
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01"})
+_lock_not_granted = sqlstate_in(RETRYABLE_SQLSTATES)
 CHECK_VIOLATION = "23514"
 NO_PARTITION_MESSAGE = "no partition of relation"
 # The one place a month is created: a SECURITY DEFINER function owned by the
@@ -308,23 +308,26 @@ def with_lock_retry(action: Callable[[], T], policy: PartitionPolicy, what: str)
     Waiting briefly and retrying, instead of waiting long, keeps a DDL statement
     from sitting in the lock queue where it would hold up later requests.
     """
-    for attempt in range(policy.lock_retries + 1):
-        try:
-            return action()
-        except DBAPIError as exc:
-            code = getattr(exc.orig, "pgcode", None)
-            if code not in RETRYABLE_SQLSTATES:
-                raise
-            if attempt == policy.lock_retries:
-                raise PartitionLockTimeout(
-                    f"could not {what}: {PARENT_TABLE} stayed locked through"
-                    f" {policy.lock_retries + 1} attempts of {policy.lock_timeout_ms} ms"
-                    " (a long transaction or DDL holds it; see pg_locks)"
-                ) from exc
-            pause = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt))
-            logger.warning("%s: lock not granted (%s); retry in %.2fs", what, code, pause)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
+
+    def log_retry(exc: Exception, attempt: int, pause: float) -> None:
+        logger.warning("%s: lock not granted (%s); retry in %.2fs", what, sqlstate(exc), pause)
+
+    try:
+        return call_with_retry(
+            action,
+            attempts=policy.lock_retries + 1,
+            retryable=_lock_not_granted,
+            backoff=LOCK_BACKOFF,
+            on_retry=log_retry,
+        )
+    except DBAPIError as exc:
+        if not _lock_not_granted(exc):
+            raise
+        raise PartitionLockTimeout(
+            f"could not {what}: {PARENT_TABLE} stayed locked through"
+            f" {policy.lock_retries + 1} attempts of {policy.lock_timeout_ms} ms"
+            " (a long transaction or DDL holds it; see pg_locks)"
+        ) from exc
 
 
 # --- creating ------------------------------------------------------------------

@@ -21,7 +21,6 @@ reason, and so is a batch of more than ``INGEST_MAX_ROWS_PER_MESSAGE`` rows.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -30,6 +29,8 @@ from celery.exceptions import Reject
 
 from config import get_settings
 from monitoring import metrics
+from retry_policy import MAX_EXPONENT as BACKOFF_MAX_EXPONENT
+from retry_policy import Backoff
 from schema.message import DecodedBatch, decode_message
 from storage import dead_letters
 from storage.dead_letters import Rejected, storable_text
@@ -42,19 +43,18 @@ from tasks.failures import POISON_ATTEMPTS, caused_by_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASK_NAME", "backoff_seconds", "write_batch"]
+__all__ = ["BACKOFF_MAX_EXPONENT", "TASK_NAME", "backoff_seconds", "write_batch"]
 
 BACKOFF_BASE_S = 1.0
-# 2**20 s is far beyond any cap; bounding the exponent keeps 2**n finite (a float
-# overflows at n = 1024, about 8.5 h of retries at a 30 s mean).
-BACKOFF_MAX_EXPONENT = 20
 REQUEUE_PAUSE_S = 1.0  # the retry could not be published: pause before the message returns
 
 
 def backoff_seconds(retries: int, cap: float) -> float:
-    """Exponential backoff with full jitter, so retrying workers spread out; in [0, cap]."""
-    exponent = min(max(retries, 0), BACKOFF_MAX_EXPONENT)
-    return random.uniform(0, min(cap, BACKOFF_BASE_S * 2**exponent))
+    """Celery's countdown before retry ``retries``, with full jitter so retrying workers spread out.
+
+    In [0, cap] at any retry count (retry_policy.Backoff; ``BACKOFF_MAX_EXPONENT`` bounds 2**n).
+    """
+    return Backoff(BACKOFF_BASE_S, cap).delay(retries)
 
 
 def _decode_call(args: tuple[Any, ...], kwargs: dict[str, Any], max_rows: int) -> tuple[DecodedBatch, list[Rejected]]:
