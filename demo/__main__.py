@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ from config import get_settings
 from demo.ai import FEATURES
 from demo.load import LoadSpec, run_load
 from demo.processes import ROOT, Processes
-from demo.services import start_services
+from demo.services import DATA_DIR, Services, start_services
 from models import AnalyticsEvent
 from producer import Tracker
 from storage.api_keys import create_key, revoke_named
@@ -47,7 +48,6 @@ POLL_S = 0.5
 ID_CHUNK = 10_000
 PROCESSES = ["web", "saas", "worker", "rollups", "beat", "flower"]
 METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
-DATA_DIR = ROOT / "var" / "embedded"
 DASHBOARD_KEY_FILE = ROOT / "var" / "demo-api-key"  # readable by its owner only; never printed
 
 
@@ -166,12 +166,22 @@ def run(args: argparse.Namespace) -> int:
         tracker.close()
         if args.keep_running:
             print("demo: everything keeps running; Ctrl-C stops it")
+            print_exports(services)
             signal.pause()
         return 0 if (rows, distinct) == (args.events, args.events) else 1
     finally:
         processes.stop()
         engine.dispose()
         services.stop()
+
+
+def print_exports(services: Services) -> None:
+    """How another shell reaches the embedded services (python -m cli finds them without it while they run)."""
+    if not services.embedded:
+        return  # the environment named every service: the other shell sets the same variables
+    print("demo: to reach them from another shell (python -m cli of this checkout finds them by itself):")
+    for variable, url in services.embedded.items():
+        print(f"  export {variable}={shlex.quote(url)}")
 
 
 def dashboard_key(engine: Engine, tenant: str) -> None:

@@ -30,7 +30,7 @@ import logging
 from typing import Any
 
 import amqp
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import ChannelError, PreconditionFailed
 from celery.app.amqp import AMQP, Queues
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
@@ -38,6 +38,7 @@ from kombu.message import Message
 logger = logging.getLogger(__name__)
 
 DEAD_QUEUE_SUFFIX = ".dead"
+NOT_FOUND = "404"  # reply code of a passive declaration of a queue that does not exist
 PARKED_REASON_HEADER = "x-parked-reason"
 PARKED_REASON_MAX_CHARS = 1000  # an AMQP header is no place for a long text
 OLD_QUEUE_LOG = (
@@ -181,7 +182,12 @@ def requeue_dead(connection: Connection, queue: str, limit: int | None = None) -
         channel = conn.channel()
         bound = source(channel)
         bound.declare()
-        present = bound.queue_declare(passive=True)
+        try:
+            present = bound.queue_declare(passive=True)
+        except ChannelError as exc:  # Redis keeps no empty list: nothing was ever parked, or all moved
+            if str(exc.reply_code) != NOT_FOUND:
+                raise
+            return 0
         waiting = present.message_count if present is not None else None
         producer = conn.Producer()
         while (waiting is None or moved < waiting) and (limit is None or moved < limit):
