@@ -1,7 +1,8 @@
 """The project's other benchmarks, run by the suite as child processes.
 
-``bench.rollups``, ``bench.partitions`` and ``bench.faults`` each build their
-own database (or private servers) and print their own report. The suite runs
+``bench.rollups``, ``bench.partitions``, ``bench.faults`` and
+``bench.small_producers`` each build their own database (or private servers)
+and print their own report. The suite runs
 each in turn after the ingest phases, echoes its output, and takes the figures
 of its ``RESULT`` line into BENCHMARKS.md beside their targets, so that one
 command runs every benchmark of the project. A child process keeps their
@@ -51,6 +52,12 @@ COMPANIONS: dict[str, Companion] = {
         "faults", "bench.faults", ("--duration", "10"),
         "seven fault scenarios under load on private servers (worker, database and broker killed or cut off,"
         " malformed messages), each reconciled event by event (issue 7)",
+    ),
+    "small_producers": Companion(
+        "small_producers", "bench.small_producers", ("--quick",),
+        "200 producers (real Trackers, 4 processes of 50) each flushing 10 events every 200 ms for 20 s, stored"
+        " by the Celery worker (INGEST_MODE=task) and by the aggregator (INGEST_MODE=aggregate), each reconciled;"
+        " events/s from the first track() to the last commit, transactions/s from pg_stat_database",
     ),
 }
 
@@ -159,10 +166,30 @@ def _fault_figures(values: dict[str, float]) -> list[Figure]:
     ]  # fmt: skip
 
 
+def _small_producer_figures(values: dict[str, float]) -> list[Figure]:
+    from bench.report import Figure
+    from bench.small_producers import WIN_EPS_RATIO
+
+    task, aggregate = values["task_eps"], values["aggregate_eps"]
+    ratio = aggregate / task if task else float("inf")
+    task_xact, aggregate_xact = values["task_xact_per_s"], values["aggregate_xact_per_s"]
+    lost, duplicated = values["lost"], values["duplicated"]
+    return [
+        Figure("task_eps", task, f"{task:,.0f}", "INGEST_MODE=task (reference)", None),
+        Figure("aggregate_eps", aggregate, f"{aggregate:,.0f} (x{ratio:.2f})",
+               f">= {WIN_EPS_RATIO:g}x task mode (the aggregator earns its place)", ratio >= WIN_EPS_RATIO),
+        Figure("task_xact_per_s", task_xact, f"{task_xact:,.1f}", "reference", None),
+        Figure("aggregate_xact_per_s", aggregate_xact, f"{aggregate_xact:,.1f}", "reference", None),
+        Figure("lost / duplicated", lost + duplicated, f"{lost:.0f} / {duplicated:.0f}", "0 / 0",
+               lost == 0 and duplicated == 0),
+    ]  # fmt: skip
+
+
 FIGURES: dict[str, Callable[[dict[str, float]], list[Figure]]] = {
     "rollups": _rollup_figures,
     "partitions": _partition_figures,
     "faults": _fault_figures,
+    "small_producers": _small_producer_figures,
 }
 
 

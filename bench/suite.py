@@ -14,7 +14,8 @@ broker, worker and database co-located, on a database and queues of its own:
   worker started (bench.backlog);
 * ``track()`` cost, median over the copy pipeline run's calls;
 * then the project's other benchmarks, each a command of its own run as a
-  child process (bench.companions): rollups, partitions, fault scenarios.
+  child process (bench.companions): rollups, partitions, fault scenarios,
+  many small producers in task and aggregate mode.
 
 It writes BENCHMARKS.md (figures beside their targets, machine, versions, a
 plot in bench/results/) and ends with one ``RESULT`` line. Exit status: 0 when
