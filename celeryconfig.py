@@ -15,6 +15,14 @@ from celery.schedules import crontab
 
 from config import Settings, get_settings
 from tasks.broker import ingest_queue
+from tasks.names import (
+    INGEST_WRITE_BATCH,
+    PARTITIONS_APPLY_RETENTION,
+    PARTITIONS_ENSURE_AHEAD,
+    PARTITIONS_TASKS,
+    ROLLUPS_RUN,
+    ROLLUPS_TASKS,
+)
 
 # Hourly, so that a month is created long before it starts even if some runs
 # fail; the write path creates a missing month anyway (storage.events).
@@ -67,9 +75,9 @@ def build(settings: Settings) -> dict[str, Any]:
         # queue declared before, see tasks.broker). Other queues are created on demand.
         "task_queues": [ingest_queue(settings.ingest_queue, dead_letter_exchange=not settings.broker_is_redis)],
         "task_routes": {
-            "ingest.write_batch": {"queue": settings.ingest_queue},
-            "partitions.*": {"queue": MAINTENANCE_QUEUE},
-            "rollups.*": {"queue": settings.rollup_queue},
+            INGEST_WRITE_BATCH: {"queue": settings.ingest_queue},
+            PARTITIONS_TASKS: {"queue": MAINTENANCE_QUEUE},
+            ROLLUPS_TASKS: {"queue": settings.rollup_queue},
         },
         # Messages the worker cannot run are dead-lettered, not dropped.
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
@@ -82,19 +90,19 @@ def build(settings: Settings) -> dict[str, Any]:
         # themselves are safe to run concurrently (see tasks.partitions).
         "beat_schedule": {
             "ensure-partitions": {
-                "task": "partitions.ensure_ahead",
+                "task": PARTITIONS_ENSURE_AHEAD,
                 "schedule": PARTITION_ENSURE_EVERY,
                 "options": {"expires": PARTITION_ENSURE_EVERY.total_seconds()},
             },
             "partition-retention": {
-                "task": "partitions.apply_retention",
+                "task": PARTITIONS_APPLY_RETENTION,
                 "schedule": PARTITION_RETENTION_AT,
                 "options": {"expires": PARTITION_RETENTION_EXPIRES_S},
             },
             # Runs may overlap safely (storage.rollups); expiring after one
             # interval keeps a stopped worker from facing a pile of runs.
             "rollup-pending": {
-                "task": "rollups.run",
+                "task": ROLLUPS_RUN,
                 "schedule": timedelta(seconds=settings.rollup_interval_s),
                 "options": {"expires": settings.rollup_interval_s},
             },

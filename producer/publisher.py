@@ -14,8 +14,7 @@ from celery import Celery
 from kombu import Connection
 
 from config import Settings
-
-INGEST_TASK = "ingest.write_batch"  # by name: web processes need not import the worker code
+from tasks.names import INGEST_WRITE_BATCH  # by name only: web processes need not import the worker code
 
 
 class BatchPublisher:
@@ -33,7 +32,7 @@ class BatchPublisher:
             self._producer = self._app.amqp.Producer(connection)
         try:
             self._app.send_task(
-                INGEST_TASK,
+                INGEST_WRITE_BATCH,
                 args=[message],
                 queue=self._queue,
                 producer=self._producer,

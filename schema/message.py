@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schema import reasons
 from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, wire_row_parser
 
 
@@ -73,7 +74,7 @@ def decode_message(message: object, max_rows: int | None = None) -> DecodedBatch
     """
     batch = DecodedBatch()
     if not isinstance(message, dict) or message.get("v") != WIRE_VERSION:
-        batch.invalid.append((message, f"not an ingest message of version {WIRE_VERSION}"))
+        batch.invalid.append((message, reasons.not_an_ingest_message(WIRE_VERSION)))
         return batch
     fields, rows = message.get("fields"), message.get("rows")
     if (
@@ -82,14 +83,11 @@ def decode_message(message: object, max_rows: int | None = None) -> DecodedBatch
         or not all(isinstance(name, str) for name in fields)
         or sorted(fields) != sorted(WIRE_FIELDS)
     ):
-        batch.invalid.append((message, f"message must carry 'rows' and 'fields' = {list(WIRE_FIELDS)}"))
+        batch.invalid.append((message, reasons.missing_rows_and_fields(WIRE_FIELDS)))
         return batch
     if max_rows is not None and len(rows) > max_rows:
-        batch.invalid.append((
-            oversized_payload(message, rows),
-            f"message has {len(rows)} rows, more than INGEST_MAX_ROWS_PER_MESSAGE={max_rows}; dead-lettered"
-            f" whole and unparsed, the dead letter keeps its first {ROWS_KEPT_OF_OVERSIZED} rows",
-        ))  # fmt: skip
+        reason = reasons.too_many_rows(len(rows), max_rows, ROWS_KEPT_OF_OVERSIZED)
+        batch.invalid.append((oversized_payload(message, rows), reason))
         return batch
     parse = wire_row_parser(fields)
     valid = batch.rows.append

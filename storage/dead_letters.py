@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from models import DeadLetter
 
-SOURCE_WORKER = "worker"
+SOURCE_WORKER = "worker"  # a row or ingest message, decoded: refused by the checks or the database
+SOURCE_QUEUE = "queue"  # a raw broker message the ingest queue would not run
 REASON_MAX_CHARS = 2000  # a reason quoting a huge input is cut, and says so
 SOURCE_MAX_CHARS = 32  # models.DeadLetter.source
 TRUNCATED_MARK = "... [truncated]"

@@ -2,9 +2,11 @@
 
 A dead letter holds one event row (from the worker's checks or the database),
 a whole message that was not in our format, or a raw broker message (from the
-consumer). Each is decoded again and goes through the same writer as live
-traffic, in one transaction with the removal of the dead letter: replaying
-twice, or replaying an event that is already stored, stores nothing twice.
+consumer: an ``ingest.write_batch`` task message of Celery's protocol 2 or 1,
+read by schema.task_message as the worker reads it). Each is decoded again and
+goes through the same unit of work as live traffic (storage.flush), in the
+caller's transaction with the removal of the dead letter: replaying twice, or
+replaying an event that is already stored, stores nothing twice.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from sqlalchemy.orm import Session
 from config import Settings
 from models import DeadLetter
 from schema.event import WIRE_FIELDS, WIRE_VERSION
-from schema.message import DecodedBatch, decode_message
+from schema.message import decode_message
+from schema.task_message import ingest_batch
 from storage import dead_letters
-from storage.dead_letters import Rejected
-from storage.events import store_batch
+from storage.flush import Flush, write_flush
 from storage.partitions import PartitionPolicy
 
-INGEST_TASK = "ingest.write_batch"
+RAW_KEYS = {"body", "content_type"}  # a raw broker message's dead letter (tasks.admission.raw_payload)
 
 
 @dataclass
@@ -37,17 +39,16 @@ class ReplayResult:
 
 
 def _as_message(payload: Any) -> Any:
-    """The ingest message a dead letter's payload stands for."""
+    """The ingest message a dead letter's payload stands for (the payload itself if none)."""
     if isinstance(payload, dict) and set(payload) == set(WIRE_FIELDS):
         return {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": [[payload[f] for f in WIRE_FIELDS]]}
-    if isinstance(payload, dict) and "body" in payload and "content_type" in payload:
-        headers = payload.get("headers") or {}
-        if headers.get("task") == INGEST_TASK:
-            try:
-                args, _kwargs, _embed = json.loads(payload["body"])
-                return args[0]
-            except (ValueError, TypeError, IndexError):
-                return payload
+    if isinstance(payload, dict) and set(payload) >= RAW_KEYS:
+        try:
+            body = json.loads(payload["body"])
+        except (ValueError, TypeError):
+            return payload
+        batch, refused = ingest_batch(payload.get("headers") or {}, body)
+        return payload if refused is not None else batch
     return payload
 
 
@@ -60,16 +61,14 @@ def replay(
         query = query.where(DeadLetter.id.in_(ids))
     result = ReplayResult()
     for letter in session.scalars(query):
-        decoded: DecodedBatch = decode_message(_as_message(json.loads(letter.payload)))
-        written = store_batch(session, decoded.rows, settings, policy=policy)
-        failing = [Rejected(payload=p, reason=r, source=letter.source) for p, r in decoded.invalid]
-        failing += [Rejected(payload=r.payload, reason=r.reason, source=letter.source) for r in written.rejected]
-        fingerprints = {dead_letters.fingerprint(dead_letters.encode_payload(r.payload)) for r in failing}
-        if letter.fingerprint not in fingerprints:
+        flush = Flush.decoded(decode_message(_as_message(json.loads(letter.payload))), source=letter.source)
+        # Records what fails again: a payload failing again bumps its attempts.
+        written = write_flush(session, flush, settings, policy=policy)
+        failing = {dead_letters.fingerprint(dead_letters.encode_payload(r.payload)) for r in written.dead_letters}
+        if letter.fingerprint not in failing:
             session.execute(delete(DeadLetter).where(DeadLetter.id == letter.id))
             result.replayed += 1
-        dead_letters.record(session, failing)  # a payload failing again bumps its attempts
         result.stored += written.stored
         result.duplicates += written.duplicates
-        result.still_failing += len(failing)
+        result.still_failing += written.dead_lettered
     return result

@@ -5,7 +5,8 @@ at most ``INGEST_MAX_MESSAGE_BYTES``. Anything else (another task, say a
 ``rollups.run`` or ``partitions.*`` put on the ingest queue; a call with other
 arguments; a body too large) is refused with a reason, and the caller
 dead-letters the raw message (source ``queue``) instead of running it. Used by
-the Celery worker's consumer (tasks.consumer) and by the aggregator.
+the Celery worker's consumer (tasks.consumer) and by the aggregator. The task
+message is read by schema.task_message; the reasons come from schema.reasons.
 
 The size is checked on the raw body, before it is parsed; a body over the cap is
 recorded truncated to ``RAW_BODY_KEEP_CHARS``.
@@ -18,8 +19,17 @@ from typing import Any
 
 from kombu.message import Message
 
-SOURCE_QUEUE = "queue"
-TASK_NAME = "ingest.write_batch"
+from schema import reasons
+from schema.task_message import batch_argument, ingest_batch
+from schema.task_message import task_name as message_task_name
+from storage.dead_letters import SOURCE_QUEUE
+from tasks.names import INGEST_WRITE_BATCH
+
+__all__ = [
+    "SOURCE_QUEUE", "batch_argument", "kept_chars", "oversized", "raw_payload", "refusal", "task_argument",
+    "task_name",
+]  # fmt: skip
+
 RAW_BODY_KEEP_CHARS = 65_536  # of an oversized body, what its dead letter keeps
 
 
@@ -63,10 +73,7 @@ def oversized(message: Message, max_bytes: int) -> str | None:
     size = body_size(message)
     if size <= max_bytes:
         return None
-    return (
-        f"message too large: {size} bytes, more than INGEST_MAX_MESSAGE_BYTES={max_bytes};"
-        f" dead-lettered whole and unparsed, its body kept truncated to {kept_chars(max_bytes)} bytes"
-    )
+    return reasons.too_large(size, max_bytes, kept_chars(max_bytes))
 
 
 def task_argument(message: Message) -> tuple[Any, str | None]:
@@ -75,32 +82,16 @@ def task_argument(message: Message) -> tuple[Any, str | None]:
     try:
         body = message.decode()
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a dead letter
-        return None, f"message could not be decoded ({message.content_type}): {exc}"
-    headers = message.headers or {}
-    if "task" in headers:  # protocol 2: [args, kwargs, embed]
-        name = headers["task"]
-        if not (isinstance(body, (list, tuple)) and len(body) == 3):
-            return None, "invalid task message: protocol 2 body must be [args, kwargs, embed]"
-        args, kwargs = body[0], body[1]
-    elif isinstance(body, dict) and "task" in body:  # protocol 1
-        name, args, kwargs = body["task"], body.get("args", ()), body.get("kwargs") or {}
-    else:
-        return None, "not a Celery task message"
-    if name != TASK_NAME:
-        return None, f"unknown task: {name!r} (the ingest queue carries only {TASK_NAME})"
-    return call_refusal(args, kwargs)
+        return None, reasons.could_not_decode(message.content_type, exc)
+    return ingest_batch(message.headers, body)
 
 
 def task_name(message: Message) -> str | None:
     """The task a message calls, without parsing a protocol 2 body (None if it is no task message)."""
-    headers = message.headers if isinstance(message.headers, dict) else {}
-    if "task" in headers:
-        return str(headers["task"])
     try:
-        body = message.decode()  # protocol 1: the name is in the body (kombu caches the decoding)
+        return message_task_name(message.headers, message.decode)  # kombu caches the decoding
     except Exception:  # noqa: BLE001 - the consumer dead-letters it as undecodable
         return None
-    return str(body["task"]) if isinstance(body, dict) and "task" in body else None
 
 
 def refusal(message: Message, max_bytes: int) -> tuple[str, int | None] | None:
@@ -114,20 +105,6 @@ def refusal(message: Message, max_bytes: int) -> tuple[str, int | None] | None:
     if too_large is not None:
         return too_large, kept_chars(max_bytes)
     name = task_name(message)
-    if name is not None and name != TASK_NAME:
-        return f"unknown task: {name!r} (the ingest queue carries only {TASK_NAME})", None
+    if name is not None and name != INGEST_WRITE_BATCH:
+        return reasons.unknown_task(name, ingest_queue=True), None
     return None
-
-
-def call_refusal(args: Any, kwargs: Any) -> tuple[Any, str | None]:
-    """The batch of a ``write_batch(*args, **kwargs)`` call, or why the call is invalid."""
-    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        return None, "invalid task message: args must be a list and kwargs a mapping"
-    if len(args) == 1 and not kwargs:
-        return args[0], None
-    if not args and list(kwargs) == ["message"]:
-        return kwargs["message"], None
-    return None, (
-        f"invalid task message: {TASK_NAME} takes one argument (the batch),"
-        f" got {len(args)} positional and keywords {sorted(map(str, kwargs))}"
-    )

@@ -21,20 +21,23 @@ owns the messages from delivery to acknowledgement, so each step is a few
 lines with one contract (in the style of getsentry/arroyo):
 
 1. **decode** (``decode``, main thread, per message, never raises): broker
-   message → Celery task call → ``schema.message.decode_message``: valid rows,
+   message → Celery task call (schema.task_message, protocol 2 or 1, as the
+   Celery worker reads it) → ``schema.message.decode_message``: valid rows,
    and dead letters for invalid rows (source ``worker``) or for a message that
    is not an ``ingest.write_batch`` task at all (source ``queue``, the raw
-   message, reasons as in tasks.consumer: could not be decoded, not a Celery
-   task message, unknown task, invalid task message).
+   message, with the reasons of schema.reasons that tasks.consumer uses too:
+   could not be decoded, not a Celery task message, unknown task, invalid task
+   message, too large).
 2. **accumulate** (``Accumulator``): holds decoded messages, in delivery order,
    until a flush is due: ``INGEST_AGGREGATE_MAX_EVENTS`` events reached, the
    oldest message waited ``INGEST_AGGREGATE_MAX_WAIT_MS``, or the broker will
    not deliver more (the prefetch window is full). A flush takes a prefix of at
    most MAX_EVENTS events (at least one message).
 3. **write + commit** (``TransactionWriter``, one writer thread): the rows of
-   all the flushed messages through ``storage.events.store_batch`` (dedupe,
-   partitions on demand, bisection of bad rows, one rollup batch) and their
-   dead letters, in ONE transaction. Any error that is not about the rows
+   all the flushed messages and their dead letters in ONE transaction, by the
+   ingest unit of work the Celery task uses too (``storage.flush.commit_flush``:
+   ``storage.events.store_batch``'s dedupe, partitions on demand, bisection of
+   bad rows, one rollup batch; the metrics counted once it committed). Any error that is not about the rows
    (database down, deadlock, bug) is retried with exponential backoff and
    jitter (``INGEST_RETRY_MAX_S``), forever, while the messages stay
    unacknowledged: never acked as done. An error caused by what a message
@@ -110,7 +113,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
@@ -124,13 +126,12 @@ import celeryconfig
 from config import Settings, get_settings
 from monitoring import metrics
 from monitoring.escape import install_log_escaping
+from schema import reasons
 from schema.message import decode_message
-from storage import dead_letters
 from storage.db import make_engine, make_session_factory
-from storage.dead_letters import Rejected
-from storage.events import Row, WriteResult, store_batch
-from storage.dead_letters import storable_text
-from tasks.admission import SOURCE_QUEUE, kept_chars, oversized, raw_payload, task_argument
+from storage.dead_letters import SOURCE_QUEUE, storable_text
+from storage.flush import Flush, FlushResult, commit_flush, failure_detail
+from tasks.admission import kept_chars, oversized, raw_payload, task_argument
 from tasks.broker import AMQP_CLASS, park
 from tasks.failures import POISON_ATTEMPTS, caused_by_message
 from tasks.ingest import backoff_seconds
@@ -154,13 +155,12 @@ class Received:
     """One broker message, decoded: its valid rows and what goes to dead_letters."""
 
     message: Message
-    rows: list[Row]
-    rejected: list[Rejected]
+    flush: Flush
     received_at: float = field(default_factory=time.monotonic)
 
     @property
     def events(self) -> int:
-        return len(self.rows) + len(self.rejected)
+        return self.flush.events
 
 
 def decode(message: Message, max_bytes: int, max_rows: int, refusal: str | None = None) -> Received:
@@ -173,9 +173,8 @@ def decode(message: Message, max_bytes: int, max_rows: int, refusal: str | None 
         argument, refusal = task_argument(message)
     if refusal is not None:
         payload = raw_payload(message, keep_chars)
-        return Received(message, [], [Rejected(payload=payload, reason=refusal, source=SOURCE_QUEUE)])
-    decoded = decode_message(argument, max_rows=max_rows)
-    return Received(message, decoded.rows, [Rejected(payload=p, reason=r) for p, r in decoded.invalid])
+        return Received(message, Flush.refused_whole(payload, refusal, SOURCE_QUEUE))
+    return Received(message, Flush.decoded(decode_message(argument, max_rows=max_rows)))
 
 
 # --- 2. accumulate ---------------------------------------------------------------
@@ -232,7 +231,9 @@ class Stopped(Exception):
 
 
 @dataclass
-class FlushResult:
+class FlushReport:
+    """What one flush of messages came to, over its transactions (one, unless a message was poisoned)."""
+
     messages: int
     events: int
     stored: int
@@ -240,7 +241,6 @@ class FlushResult:
     dead_lettered: int
     attempts: int
     seconds: float
-    oldest: datetime | None
     # messages that could neither be stored nor dead-lettered, with why: parked, not acked as stored
     parked: list[tuple[Received, str]] = field(default_factory=list)
 
@@ -260,22 +260,19 @@ class TransactionWriter:
         self._retry_max_s = settings.ingest_retry_max_s
         self._stop = stop
 
-    def _commit(self, batch: list[Received]) -> WriteResult:
-        rows = [row for item in batch for row in item.rows]
-        refused = [rejected for item in batch for rejected in item.rejected]
-        with self._sessions.begin() as session:
-            result = store_batch(session, rows, self._settings)
-            dead_letters.record(session, refused + result.rejected)
-        return result
+    def _commit(self, batch: list[Received]) -> FlushResult:
+        """The messages' rows and dead letters in one transaction (counted in the metrics once committed)."""
+        flush = Flush.join(item.flush for item in batch)
+        return commit_flush(self._sessions, flush, self._settings, messages=len(batch))
 
-    def _commit_retrying(self, batch: list[Received], give_up_on_poison: bool) -> tuple[WriteResult | None, int, str]:
+    def _commit_retrying(self, batch: list[Received], give_up_on_poison: bool) -> tuple[FlushResult | None, int, str]:
         """(result, attempts, why) — result None: failed POISON_ATTEMPTS times, not the database's fault."""
         attempt = poisoned = 0
         while True:
             try:
                 return self._commit(batch), attempt + 1, ""
             except Exception as exc:
-                detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
+                detail = failure_detail(exc)
                 if caused_by_message(exc):
                     poisoned += 1
                     if give_up_on_poison and poisoned >= POISON_ATTEMPTS:
@@ -289,15 +286,15 @@ class TransactionWriter:
                 if self._stop.wait(delay):
                     raise Stopped(f"stopping; {len(batch)} messages left unacknowledged") from exc
 
-    def write(self, batch: list[Received]) -> FlushResult:
+    def write(self, batch: list[Received]) -> FlushReport:
         started = time.monotonic()
         result, attempts, _why = self._commit_retrying(batch, give_up_on_poison=True)
-        results: list[WriteResult] = []
+        results: list[FlushResult] = []
         parked: list[tuple[Received, str]] = []
         if result is not None:
             results.append(result)
         elif len(batch) == 1:
-            parked.append((batch[0], f"not stored after {POISON_ATTEMPTS} attempts ({_why})"))
+            parked.append((batch[0], reasons.not_stored(POISON_ATTEMPTS, _why)))
         else:
             logger.error("a flush of %d messages keeps failing for a reason that is not the database's;"
                          " writing its messages one by one", len(batch))  # fmt: skip
@@ -305,19 +302,17 @@ class TransactionWriter:
                 alone, tries, why = self._commit_retrying([item], give_up_on_poison=True)
                 attempts += tries
                 if alone is None:
-                    parked.append((item, f"not stored after {POISON_ATTEMPTS} attempts ({why})"))
+                    parked.append((item, reasons.not_stored(POISON_ATTEMPTS, why)))
                 else:
                     results.append(alone)
-        written = [item for item in batch if all(item is not p for p, _ in parked)]
-        return FlushResult(
+        return FlushReport(
             messages=len(batch),
-            events=sum(item.events for item in written),
+            events=sum(r.events for r in results),
             stored=sum(r.stored for r in results),
             duplicates=sum(r.duplicates for r in results),
-            dead_lettered=sum(len(item.rejected) for item in written) + sum(len(r.rejected) for r in results),
+            dead_lettered=sum(r.dead_lettered for r in results),
             attempts=attempts,
             seconds=time.monotonic() - started,
-            oldest=min((mapping["timestamp"] for item in written for mapping, _ in item.rows), default=None),
             parked=parked,
         )
 
@@ -327,14 +322,14 @@ class WriterThread:
     in the database never keeps the process from exiting (its transaction then
     rolls back, its messages were never acked)."""
 
-    def __init__(self, write: Callable[[list[Received]], FlushResult]) -> None:
+    def __init__(self, write: Callable[[list[Received]], FlushReport]) -> None:
         self._write = write
-        self._jobs: queue.SimpleQueue[tuple[list[Received], Future[FlushResult]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[list[Received], Future[FlushReport]]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: list[Received]) -> Future[FlushResult]:
-        future: Future[FlushResult] = Future()
+    def submit(self, batch: list[Received]) -> Future[FlushReport]:
+        future: Future[FlushReport] = Future()
         self._jobs.put((batch, future))
         return future
 
@@ -355,7 +350,7 @@ class WriterThread:
 @dataclass
 class InFlight:
     batch: list[Received]
-    future: Future[FlushResult]
+    future: Future[FlushReport]
 
 
 class Aggregator(ConsumerMixin):
@@ -436,7 +431,7 @@ class Aggregator(ConsumerMixin):
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         # kombu's default acks (drops) the message; we dead-letter it with the others.
-        self.buffer.add(self._decode(message, f"message could not be decoded ({message.content_type}): {exc}"))
+        self.buffer.add(self._decode(message, reasons.could_not_decode(message.content_type, exc)))
 
     def _on_message(self, message: Message) -> None:
         self.buffer.add(self._decode(message))
@@ -504,15 +499,7 @@ class Aggregator(ConsumerMixin):
         if unacked:
             logger.warning("%d messages committed but not acknowledged (connection lost); their redelivery "
                            "will be dropped as duplicates", unacked)  # fmt: skip
-        self.flushes += 1
-        metrics.batch_committed(
-            events=result.events,
-            stored=result.stored,
-            duplicates=result.duplicates,
-            dead_lettered=result.dead_lettered,
-            oldest_age_s=None if result.oldest is None else (datetime.now(timezone.utc) - result.oldest).total_seconds(),
-        )
-        metrics.transaction_messages(result.messages)
+        self.flushes += 1  # its transactions were counted in the metrics at their commit (storage.flush)
         logger.info(
             "%s: messages=%d events=%d stored=%d duplicates=%d dead_lettered=%d attempts=%d seconds=%.3f",
             COMMITTED_LOG, result.messages, result.events, result.stored, result.duplicates,

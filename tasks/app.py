@@ -15,13 +15,12 @@ from celery.signals import (
 )
 
 from config import get_settings
-
 from monitoring.escape import install_log_escaping
 from tasks import resources
 from tasks.broker import AMQP_CLASS
+from tasks.names import PARTITIONS_ENSURE_AHEAD
 
 TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
-ENSURE_PARTITIONS_TASK = "partitions.ensure_ahead"
 
 
 def create_app() -> Celery:
@@ -62,4 +61,4 @@ def close_process_engines(**_: Any) -> None:
 def ensure_partitions_at_beat_start(sender: Any, **_: Any) -> None:
     """Beat runs an interval entry one interval after it starts; the months
     ahead should not wait that long (the task is idempotent and locked)."""
-    app.send_task(ENSURE_PARTITIONS_TASK)
+    app.send_task(PARTITIONS_ENSURE_AHEAD)

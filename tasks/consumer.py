@@ -3,9 +3,10 @@
 Celery's stock consumer logs and acknowledges (or rejects without requeue) a
 message it cannot decode, one that is not a task message, or one naming an
 unknown task: the message is gone. On the ingest queue that would be silent
-loss, so here the raw message goes to ``dead_letters`` with the reason first,
-and is acknowledged only after that commit. Enabled by ``worker_consumer`` in
-celeryconfig.
+loss, so here the raw message goes to ``dead_letters`` with the reason first
+(storage.flush, counted in the ingest metrics like any dead letter; the
+reasons are schema.reasons'), and is acknowledged only after that commit.
+Enabled by ``worker_consumer`` in celeryconfig.
 
 It also keeps the worker alive through a broker outage where Celery and
 kombu would end it. On Redis, when the connection drops while a message is
@@ -45,10 +46,11 @@ from vine import promise
 
 from config import Settings, get_settings
 from monitoring import metrics
-from storage import dead_letters
-from storage.dead_letters import Rejected, storable_text
+from schema import reasons
+from storage.dead_letters import SOURCE_QUEUE, storable_text
+from storage.flush import Flush, commit_flush
 from tasks import resources
-from tasks.admission import SOURCE_QUEUE, raw_payload, refusal
+from tasks.admission import raw_payload, refusal
 from tasks.broker import park
 from tasks.failures import caused_by_message
 
@@ -122,10 +124,8 @@ class DeadLetteringConsumer(Consumer):
 
     def _dead_letter(self, message: Message, reason: str, keep_chars: int | None = None) -> None:
         try:
-            with self._dead_letter_sessions.begin() as session:
-                dead_letters.record(
-                    session, [Rejected(payload=raw_payload(message, keep_chars), reason=reason, source=SOURCE_QUEUE)]
-                )
+            flush = Flush.refused_whole(raw_payload(message, keep_chars), reason, SOURCE_QUEUE)
+            commit_flush(self._dead_letter_sessions, flush, self._settings)
         except Exception as exc:
             if not caused_by_message(exc):  # the database is down (or misconfigured): wait
                 logger.warning("cannot dead-letter a message (%s: %s); it goes back to the queue",
@@ -133,7 +133,7 @@ class DeadLetteringConsumer(Consumer):
                 time.sleep(REQUEUE_PAUSE_S)
                 message.reject(requeue=True)
                 return
-            self._park(message, f"{reason}; could not be dead-lettered: {type(exc).__name__}: {exc}")
+            self._park(message, reasons.could_not_be_dead_lettered(reason, exc))
             return
         logger.error("dead-lettered a message from the queue: %s", storable_text(reason, 500))
         message.ack()
@@ -154,13 +154,14 @@ class DeadLetteringConsumer(Consumer):
         message.ack()
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        self._dead_letter(message, f"message could not be decoded ({message.content_type}): {exc}")
+        self._dead_letter(message, reasons.could_not_decode(message.content_type, exc))
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        self._dead_letter(message, "not a Celery task message")
+        self._dead_letter(message, reasons.NOT_A_TASK_MESSAGE)
 
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
-        self._dead_letter(message, f"unknown task: {exc}")
+        name = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # Celery raises KeyError(name)
+        self._dead_letter(message, reasons.unknown_task(name))
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        self._dead_letter(message, f"invalid task message: {exc}")
+        self._dead_letter(message, reasons.invalid_task_message(exc))

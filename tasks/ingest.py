@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from celery.exceptions import Reject
@@ -31,19 +30,20 @@ from config import get_settings
 from monitoring import metrics
 from retry_policy import MAX_EXPONENT as BACKOFF_MAX_EXPONENT
 from retry_policy import Backoff
-from schema.message import DecodedBatch, decode_message
-from storage import dead_letters
-from storage.dead_letters import Rejected, storable_text
-from storage.events import store_batch
-from tasks.admission import SOURCE_QUEUE, TASK_NAME, call_refusal
+from schema import reasons
+from schema.message import decode_message
+from schema.task_message import batch_argument
+from storage.dead_letters import SOURCE_QUEUE, storable_text
+from storage.flush import Flush, commit_flush, failure_detail
 from tasks.app import app
 from tasks.base import DatabaseTask
 from tasks.broker import PARKED_REASON_HEADER, PARKED_REASON_MAX_CHARS, dead_queue
 from tasks.failures import POISON_ATTEMPTS, caused_by_message
+from tasks.names import INGEST_WRITE_BATCH
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKOFF_MAX_EXPONENT", "TASK_NAME", "backoff_seconds", "write_batch"]
+__all__ = ["BACKOFF_MAX_EXPONENT", "backoff_seconds", "write_batch"]
 
 BACKOFF_BASE_S = 1.0
 REQUEUE_PAUSE_S = 1.0  # the retry could not be published: pause before the message returns
@@ -57,36 +57,33 @@ def backoff_seconds(retries: int, cap: float) -> float:
     return Backoff(BACKOFF_BASE_S, cap).delay(retries)
 
 
-def _decode_call(args: tuple[Any, ...], kwargs: dict[str, Any], max_rows: int) -> tuple[DecodedBatch, list[Rejected]]:
-    message, refused = call_refusal(args, kwargs)
+def _decode_call(args: tuple[Any, ...], kwargs: dict[str, Any], max_rows: int) -> Flush:
+    message, refused = batch_argument(args, kwargs)
     if refused is not None:
-        payload = {"task": TASK_NAME, "args": list(args), "kwargs": kwargs}
-        return DecodedBatch(), [Rejected(payload=payload, reason=refused, source=SOURCE_QUEUE)]
-    decoded = decode_message(message, max_rows=max_rows)
-    return decoded, [Rejected(payload=payload, reason=reason) for payload, reason in decoded.invalid]
+        payload = {"task": INGEST_WRITE_BATCH, "args": list(args), "kwargs": kwargs}
+        return Flush.refused_whole(payload, refused, SOURCE_QUEUE)
+    return Flush.decoded(decode_message(message, max_rows=max_rows))
 
 
-@app.task(bind=True, base=DatabaseTask, name=TASK_NAME, max_retries=None)
+@app.task(bind=True, base=DatabaseTask, name=INGEST_WRITE_BATCH, max_retries=None)
 def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     settings = get_settings()
-    decoded, invalid = DecodedBatch(), []
+    flush = Flush()
     try:
         # Decoding inside: whatever raises is retried, then parked; the task itself
         # never fails (a failed task would be rejected: dropped by Redis' transport).
-        decoded, invalid = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
-        with self.session_factory.begin() as session:
-            result = store_batch(session, decoded.rows, settings)
-            dead_letters.record(session, invalid + result.rejected)
+        flush = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
+        result = commit_flush(self.session_factory, flush, settings)
     except Exception as exc:
         # Not about the rows (those were handled above): the database is down,
         # a deadlock, a bug, or a message that breaks the dead-letter insert.
         retries = self.request.retries
-        detail = f"{type(exc).__name__}: {storable_text(str(exc).splitlines()[0] if str(exc) else '', 300)}"
+        detail = failure_detail(exc)
         if caused_by_message(exc) and retries + 1 >= POISON_ATTEMPTS:
-            return _park(self, args, kwargs, f"not stored after {retries + 1} attempts ({detail})")
+            return _park(self, args, kwargs, reasons.not_stored(retries + 1, detail))
         countdown = backoff_seconds(retries, settings.ingest_retry_max_s)
         logger.warning("batch of %d events not stored (%s); retry %d in %.1fs",
-                       len(decoded.rows), detail, retries + 1, countdown)  # fmt: skip
+                       len(flush.rows), detail, retries + 1, countdown)  # fmt: skip
         try:
             raise self.retry(exc=exc, countdown=countdown) from exc
         except Reject as rejected:
@@ -97,19 +94,7 @@ def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]
                            rejected.reason)  # fmt: skip
             time.sleep(REQUEUE_PAUSE_S)
             raise Reject(rejected.reason, requeue=True) from exc
-    oldest = min((mapping["timestamp"] for mapping, _ in decoded.rows), default=None)
-    metrics.batch_committed(
-        events=len(decoded.rows) + len(invalid),
-        stored=result.stored,
-        duplicates=result.duplicates,
-        dead_lettered=len(invalid) + len(result.rejected),
-        oldest_age_s=None if oldest is None else (datetime.now(timezone.utc) - oldest).total_seconds(),
-    )
-    return {
-        "stored": result.stored,
-        "duplicates": result.duplicates,
-        "dead_lettered": len(invalid) + len(result.rejected),
-    }
+    return {"stored": result.stored, "duplicates": result.duplicates, "dead_lettered": result.dead_lettered}
 
 
 def _park(task: DatabaseTask, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str) -> dict[str, int]:
@@ -117,7 +102,7 @@ def _park(task: DatabaseTask, args: tuple[Any, ...], kwargs: dict[str, Any], rea
     queue = get_settings().ingest_queue
     try:
         task.app.send_task(
-            TASK_NAME, args=list(args), kwargs=kwargs, queue=dead_queue(queue), task_id=task.request.id,
+            INGEST_WRITE_BATCH, args=list(args), kwargs=kwargs, queue=dead_queue(queue), task_id=task.request.id,
             headers={PARKED_REASON_HEADER: reason[:PARKED_REASON_MAX_CHARS]}, retry=False,
             argsrepr="<parked batch>", kwargsrepr="{}",
         )  # fmt: skip

@@ -17,11 +17,12 @@ from config import get_settings
 from storage.partitions import PartitionPolicy, ensure_partitions, months_ahead, run_retention
 from tasks.app import app
 from tasks.base import DatabaseTask
+from tasks.names import PARTITIONS_APPLY_RETENTION, PARTITIONS_ENSURE_AHEAD
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(bind=True, base=DatabaseTask, name="partitions.ensure_ahead")
+@app.task(bind=True, base=DatabaseTask, name=PARTITIONS_ENSURE_AHEAD)
 def ensure_ahead(self: DatabaseTask) -> list[str]:
     """Create the missing ones of the current month and the months ahead."""
     policy = PartitionPolicy.from_settings(get_settings())
@@ -29,7 +30,7 @@ def ensure_ahead(self: DatabaseTask) -> list[str]:
     return [month.table_name for month in ensure_partitions(self.engine, wanted, policy)]
 
 
-@app.task(bind=True, base=DatabaseTask, name="partitions.apply_retention")
+@app.task(bind=True, base=DatabaseTask, name=PARTITIONS_APPLY_RETENTION)
 def apply_retention(self: DatabaseTask) -> dict[str, Any]:
     """Detach and drop (or keep detached) the months older than retention."""
     policy = PartitionPolicy.from_settings(get_settings())

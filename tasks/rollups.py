@@ -29,11 +29,12 @@ from storage.rollups import rebuild as rebuild_range
 from storage.rollups import run_until_idle
 from tasks.app import app
 from tasks.base import DatabaseTask
+from tasks.names import ROLLUPS_REBUILD, ROLLUPS_RUN
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(bind=True, base=DatabaseTask, name="rollups.run")
+@app.task(bind=True, base=DatabaseTask, name=ROLLUPS_RUN)
 def run(self: DatabaseTask) -> dict[str, Any]:
     report = run_until_idle(self.engine, get_settings().rollup_chunk_batches)
     if report.batches:
@@ -44,7 +45,7 @@ def run(self: DatabaseTask) -> dict[str, Any]:
     return {"batches": report.batches, "events": report.events, "seconds": round(report.seconds, 3)}
 
 
-@app.task(bind=True, base=DatabaseTask, name="rollups.rebuild")
+@app.task(bind=True, base=DatabaseTask, name=ROLLUPS_REBUILD)
 def rebuild(self: DatabaseTask, start: str, end: str) -> dict[str, Any]:
     """``start``/``end``: ISO 8601 with a UTC offset; whole UTC days meeting the range are redone."""
     report = rebuild_range(self.engine, datetime.fromisoformat(start), datetime.fromisoformat(end))

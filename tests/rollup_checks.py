@@ -18,8 +18,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from storage import dead_letters
-from storage.events import Row, WriteResult, store_batch
+from storage.db import make_session_factory
+from storage.events import Row
+from storage.flush import Flush, FlushResult, commit_flush
 from storage.histogram import RELATIVE_ERROR, LatencyHistogram
 from storage.partitions import Month, ensure_months
 
@@ -68,12 +69,9 @@ def ingest_transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def ingest(engine: Engine, rows: list[Row]) -> WriteResult:
-    """What the ingest task does with one decoded message."""
-    with ingest_transaction(engine) as session:
-        result = store_batch(session, copy_rows(rows), get_settings())
-        dead_letters.record(session, result.rejected)
-    return result
+def ingest(engine: Engine, rows: list[Row]) -> FlushResult:
+    """What the ingest task does with one decoded message (storage.flush)."""
+    return commit_flush(make_session_factory(engine), Flush(rows=copy_rows(rows)), get_settings())
 
 
 def ensure_months_for(engine: Engine, start: datetime, end: datetime) -> None:

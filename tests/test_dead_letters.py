@@ -16,10 +16,12 @@ from config import get_settings
 from schema.event import WIRE_FIELDS
 from schema.message import decode_message
 from storage import dead_letters
-from storage.dead_letters import Rejected
-from storage.events import store_batch
+from storage.db import make_session_factory
+from storage.dead_letters import SOURCE_QUEUE, Rejected
+from storage.flush import Flush, commit_flush
 from storage.partitions import PartitionPolicy
 from storage.replay import replay
+from tasks.names import INGEST_WRITE_BATCH, ROLLUPS_RUN
 
 HOUR_US = 3_600 * 1_000_000
 
@@ -50,10 +52,7 @@ def stored(engine: Engine, tenant: str) -> int:
 
 def ingest(engine: Engine, msg: dict, policy: PartitionPolicy) -> None:
     """What the worker does with one message (tasks.ingest), in one transaction."""
-    decoded = decode_message(msg)
-    with Session(engine) as session, session.begin():
-        result = store_batch(session, decoded.rows, get_settings(), policy=policy)
-        dead_letters.record(session, [Rejected(p, r) for p, r in decoded.invalid] + result.rejected)
+    commit_flush(make_session_factory(engine), Flush.decoded(decode_message(msg)), get_settings(), policy=policy)
 
 
 def test_replay_after_a_fix_stores_once_and_removes_the_dead_letter(engine: Engine) -> None:
@@ -125,7 +124,7 @@ def test_a_raw_queue_message_for_the_ingest_task_can_be_replayed(engine: Engine)
     tenant = f"dl-{uuid.uuid4().hex[:8]}"
     body = json.dumps([[message(wire_row(tenant), wire_row(tenant))], {}, {}])
     raw = {"content_type": "application/json", "content_encoding": "utf-8",
-           "headers": {"task": "ingest.write_batch"}, "routing_key": "ingest", "body": body}  # fmt: skip
+           "headers": {"task": INGEST_WRITE_BATCH}, "routing_key": "ingest", "body": body}  # fmt: skip
     with Session(engine) as session, session.begin():
         dead_letters.record(session, [Rejected(raw, "worker was misconfigured", source="queue")])
     [(letter_id, _, _)] = letters(engine, tenant)
@@ -133,3 +132,52 @@ def test_a_raw_queue_message_for_the_ingest_task_can_be_replayed(engine: Engine)
         result = replay(session, [letter_id], get_settings())
     assert (result.replayed, result.stored) == (1, 2)
     assert stored(engine, tenant) == 2
+
+
+def raw_letter(engine: Engine, tenant: str, body: object, headers: dict) -> int:
+    """A raw broker message dead-lettered by the consumer (source ``queue``) holding ``tenant``: its id."""
+    raw = {"content_type": "application/json", "content_encoding": "utf-8", "headers": headers,
+           "routing_key": "ingest", "body": json.dumps(body)}  # fmt: skip
+    with Session(engine) as session, session.begin():
+        dead_letters.record(session, [Rejected(raw, "worker was misconfigured", source=SOURCE_QUEUE)])
+    [(letter_id, _, _)] = letters(engine, tenant)
+    return letter_id
+
+
+def test_a_raw_protocol1_message_for_the_ingest_task_can_be_replayed(engine: Engine) -> None:
+    """Celery's protocol 1 (the task named in the body) replays like protocol 2 (schema.task_message)."""
+    tenant = f"dl-{uuid.uuid4().hex[:8]}"
+    body = {"task": INGEST_WRITE_BATCH, "id": str(uuid.uuid4()), "args": [message(wire_row(tenant))], "kwargs": {}}
+    letter_id = raw_letter(engine, tenant, body, headers={})
+    with Session(engine) as session, session.begin():
+        result = replay(session, [letter_id], get_settings())
+    assert (result.replayed, result.stored, result.still_failing) == (1, 1, 0)
+    assert stored(engine, tenant) == 1
+    assert letters(engine, tenant) == []
+
+
+def test_a_raw_message_of_another_task_is_not_replayed(engine: Engine) -> None:
+    tenant = f"dl-{uuid.uuid4().hex[:8]}"
+    letter_id = raw_letter(engine, tenant, [[message(wire_row(tenant))], {}, {}], headers={"task": ROLLUPS_RUN})
+    with Session(engine) as session, session.begin():
+        result = replay(session, [letter_id], get_settings())
+    assert (result.replayed, result.stored, result.still_failing) == (0, 0, 1)
+    [(same_id, attempts, _)] = letters(engine, tenant)
+    assert (same_id, attempts) == (letter_id, 2)
+    assert stored(engine, tenant) == 0
+
+
+def test_a_row_failing_again_keeps_the_source_of_its_dead_letter(engine: Engine) -> None:
+    """A raw message whose row storage still refuses: the new dead letter of the row says ``queue``."""
+    tenant = f"dl-{uuid.uuid4().hex[:8]}"
+    future = wire_row(tenant, ts_us=time.time_ns() // 1000 + 2 * HOUR_US)
+    letter_id = raw_letter(engine, tenant, [[message(future)], {}, {}], headers={"task": INGEST_WRITE_BATCH})
+    strict = PartitionPolicy(max_future_skew=timedelta(minutes=5))
+    with Session(engine) as session, session.begin():
+        result = replay(session, [letter_id], get_settings(), policy=strict)
+    assert (result.replayed, result.stored, result.still_failing) == (1, 0, 1)
+    with engine.connect() as conn:
+        [(source, reason)] = conn.execute(
+            text("SELECT source, reason FROM dead_letters WHERE payload LIKE :t"), {"t": f"%{tenant}%"}
+        ).all()
+    assert source == SOURCE_QUEUE and "future" in reason

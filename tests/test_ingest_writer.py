@@ -1,5 +1,5 @@
 """The write path against the real database: storage.events.store_batch and
-storage.dead_letters.record, called in one transaction as the ingest task does.
+storage.dead_letters.record, in one transaction by storage.flush as the ingest task does.
 
 Rows are built by hand where a test needs what validation would refuse, so
 that PostgreSQL itself rejects them.
@@ -20,8 +20,10 @@ from sqlalchemy.orm import Session
 from config import Settings, get_settings
 from schema.event import WIRE_FIELDS, parse_wire_row
 from storage import dead_letters
+from storage.db import make_session_factory
 from storage.dead_letters import Rejected, encode_payload
-from storage.events import Row, WriteResult, store_batch
+from storage.events import Row, store_batch
+from storage.flush import Flush, FlushResult, commit_flush
 
 
 @pytest.fixture(params=["bulk", "copy"])
@@ -60,12 +62,9 @@ def transaction(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def write(engine: Engine, rows: list[Row], settings: Settings) -> WriteResult:
-    """What the ingest task does with a decoded batch: store, dead-letter, commit."""
-    with transaction(engine) as session:
-        result = store_batch(session, rows, settings)
-        dead_letters.record(session, result.rejected)
-    return result
+def write(engine: Engine, rows: list[Row], settings: Settings) -> FlushResult:
+    """What the ingest task does with a decoded batch: store, dead-letter, commit (storage.flush)."""
+    return commit_flush(make_session_factory(engine), Flush(rows=rows), settings)
 
 
 def stored(engine: Engine, tenant: str) -> tuple[int, int]:

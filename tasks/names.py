@@ -1,0 +1,18 @@
+"""Every Celery task's name, defined once.
+
+Imports nothing, so that processes that only send tasks (the producer in a
+web process, celeryconfig, storage.replay) name them without importing the
+Celery application or the worker's code.
+"""
+
+from __future__ import annotations
+
+INGEST_WRITE_BATCH = "ingest.write_batch"
+PARTITIONS_ENSURE_AHEAD = "partitions.ensure_ahead"
+PARTITIONS_APPLY_RETENTION = "partitions.apply_retention"
+ROLLUPS_RUN = "rollups.run"
+ROLLUPS_REBUILD = "rollups.rebuild"
+
+# Route patterns (celeryconfig.task_routes): every task of a domain.
+PARTITIONS_TASKS = "partitions.*"
+ROLLUPS_TASKS = "rollups.*"
