@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from bench.partitions import PARTITIONED_TABLE, dashboard_sql, scanned_relations
 from config.settings import Settings, get_settings
 from producer.client import Tracker
 from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, check_timestamp, parse_wire_row
-from storage import dead_letters
-from storage.events import Row, store_batch
+from storage.db import make_session_factory
+from storage.events import Row
+from storage.flush import Flush, FlushResult, commit_flush
 from storage.partitions import (
     AcceptWindow,
     Month,
@@ -76,12 +76,9 @@ def event(timestamp: datetime, **overrides: Any) -> Row:
     return parse_wire_row(WIRE_FIELDS, row), dict(zip(WIRE_FIELDS, row))
 
 
-def store(engine: Engine, rows: list[Row], policy: PartitionPolicy = POLICY) -> Any:
-    """What the ingest task does: rows and dead letters in one transaction."""
-    with Session(engine) as session, session.begin():
-        result = store_batch(session, rows, get_settings(), policy=policy)
-        dead_letters.record(session, result.rejected)
-    return result
+def store(engine: Engine, rows: list[Row], policy: PartitionPolicy = POLICY) -> FlushResult:
+    """What the ingest task does: rows and dead letters in one transaction (storage.flush)."""
+    return commit_flush(make_session_factory(engine), Flush(rows=rows), get_settings(), policy=policy)
 
 
 def partition_of(engine: Engine, rows: list[Row]) -> dict[uuid.UUID, str]:
