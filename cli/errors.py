@@ -9,6 +9,7 @@ those too.
 from __future__ import annotations
 
 import re
+import socket
 
 import amqp.exceptions
 import kombu.exceptions
@@ -28,16 +29,20 @@ CONNECTION_CLASSES = ("08", "28", "57P")  # connection exceptions, login refused
 MISSING_DATABASE = re.compile(r'database ".*" does not exist')
 LOGIN_REFUSED = re.compile(r'password authentication failed|role ".*" does not exist|no pg_hba\.conf entry')
 
-# The broker's client libraries: kombu wraps some errors, redis-py and py-amqp raise their own, and a
-# refused TCP connection surfaces as the builtin ConnectionError.
+# The broker's client libraries: kombu wraps some errors, redis-py and py-amqp raise their own, and
+# py-amqp lets socket errors through. Not every OSError: a BrokenPipeError is the terminal's pipe
+# closing (`| head`), not the broker.
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     kombu.exceptions.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     amqp.exceptions.ConnectionError,
     amqp.exceptions.AccessRefused,
-    ConnectionError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
     TimeoutError,
+    socket.gaierror,  # unknown host name
 )
 
 BROKER_LOGIN_REFUSED = (amqp.exceptions.AccessRefused, redis.exceptions.AuthenticationError)

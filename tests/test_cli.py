@@ -469,3 +469,24 @@ def test_requeue_broker_on_redis_with_nothing_parked_moves_nothing(monkeypatch: 
     result = invoke_with(monkeypatch, ["dead-letters", "requeue-broker"], CELERY_BROKER_URL=REDIS, INGEST_QUEUE=queue)
     assert result.exit_code == 0, result.output
     assert result.output == f"moved 0 messages from {queue}.dead back to {queue}\n"
+
+
+def test_only_the_brokers_errors_are_called_the_brokers() -> None:
+    from cli.errors import user_error
+
+    assert user_error(BrokenPipeError()) is None  # `python -m cli ... | head`: the pipe closed, not the broker
+    assert user_error(ValueError("a bug")) is None
+    assert "cannot reach the broker" in (user_error(ConnectionRefusedError(111, "Connection refused")) or "")
+
+
+def test_keep_running_prints_the_export_lines_of_what_runs_embedded(capsys: pytest.CaptureFixture[str]) -> None:
+    from demo.__main__ import print_exports
+    from demo.services import Services
+
+    database = "postgresql+psycopg2://postgres@/analytics?host=/some dir/postgres"
+    print_exports(Services(database, "redis+socket:///tmp/r.sock", embedded={"DATABASE_URL": database,
+                                                                          "CELERY_BROKER_URL": "redis+socket:///tmp/r.sock"}))  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"  export DATABASE_URL='{database}'", "  export CELERY_BROKER_URL=redis+socket:///tmp/r.sock"]
+    print_exports(Services("postgresql+psycopg2://u:secret@db/x", "amqp://u:secret@mq//"))  # named by the environment
+    assert capsys.readouterr().out == ""
