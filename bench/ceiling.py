@@ -24,11 +24,12 @@ from sqlalchemy import Engine
 
 from bench import harness
 from bench.ingest import PhaseResult, expected_sums
+from config import DEFAULTS
 from producer.ids import uuid7_hex_batch
 from schema.event import us_to_timestamp
 
 CEILING_BATCH_ID = 0  # no rollup log row: nothing reads the ceiling's rows back
-PIPELINE_BATCH = 1_000  # the producer's micro-batch (PRODUCER_BATCH_SIZE default)
+PIPELINE_BATCH = DEFAULTS.producer_batch_size  # the producer's micro-batch
 
 
 def _copy_and_commit(raw: Any, buffers: list[io.StringIO]) -> float:

@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 
+from config import DEFAULTS
 from storage.partitions import Month, PartitionPolicy, ensure_partitions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATABASE = "analytics_bench_partitions"
-DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics"
 
 PARTITIONED_TABLE = "analytics_events"
 FLAT_TABLE = "analytics_events_unpartitioned"
@@ -116,14 +116,14 @@ LOAD_MONTH_SQL = text(
     ) AS g
     """
 )
-BATCH_ROWS = 1000  # events per ingest message, hence per batch_id (storage.rollups)
+BATCH_ROWS = DEFAULTS.producer_batch_size  # events per ingest message, hence per batch_id (storage.rollups)
 
 
 # --- setup ---------------------------------------------------------------------
 
 
 def bench_url() -> str:
-    base = make_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+    base = make_url(os.environ.get("DATABASE_URL") or DEFAULTS.database_url)
     return base.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
 
 

@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from config import get_settings
+from config import DEFAULTS, get_settings
 from queries.rollups import feature_summary, hour_span, snapshot
 from storage.histogram import RELATIVE_ERROR
 from storage.migrate import migrate
@@ -54,7 +54,7 @@ TENANTS = 20
 USERS_PER_TENANT = 200
 ERROR_SHARE = 0.03
 LATENCY_LOG_MEAN, LATENCY_LOG_SIGMA = 5.5, 0.6  # the demo's: median ~245 ms
-BATCH_EVENTS = 1000  # PRODUCER_BATCH_SIZE: one ingest message, one batch
+BATCH_EVENTS = DEFAULTS.producer_batch_size  # one ingest message, one batch
 SPAN = timedelta(days=60)
 INCREMENT_SPAN = timedelta(minutes=10)
 LATE_SHARE = 0.01

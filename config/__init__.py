@@ -1,5 +1,5 @@
 """Configuration: one immutable Settings object built from the environment."""
 
-from config.settings import Settings, get_settings
+from config.settings import DEFAULTS, Settings, get_settings
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["DEFAULTS", "Settings", "get_settings"]

@@ -9,7 +9,7 @@ a connection: building Settings is pure.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -261,6 +261,11 @@ class Settings(BaseSettings):
     @property
     def broker_is_redis(self) -> bool:
         return self.celery_broker_url.startswith(("redis://", "rediss://"))
+
+
+# Settings' own defaults, the environment not read: for a default that code needs
+# outside the process's configuration (a dataclass field, a parameter's default).
+DEFAULTS: Final = Settings.model_construct()
 
 
 @lru_cache(maxsize=1)

@@ -46,7 +46,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from config import Settings
+from config import DEFAULTS, Settings
 from retry_policy import Backoff, call_with_retry
 from schema.event import earliest_timestamp, too_old
 from storage.sqlstate import sqlstate, sqlstate_in
@@ -60,8 +60,6 @@ PARTITION_NAME_SQL = rf"^{PARENT_TABLE}_[0-9]{{4}}_[0-9]{{2}}$"  # the same, as 
 PARTITION_LOCK_KEY = 0x5041_5254  # "PART": creating partitions, transaction-scoped
 RETENTION_LOCK_KEY = 0x5245_5445  # "RETE": one retention run at a time, session-scoped
 
-DEFAULT_LOCK_TIMEOUT_MS = 2000
-DEFAULT_LOCK_RETRIES = 5
 LOCK_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)  # with jitter: creators racing for the lock spread out
 # SQLSTATEs worth another attempt: lock_timeout expired, deadlock detected.
 RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01"})
@@ -165,17 +163,18 @@ class AcceptWindow:
 class PartitionPolicy:
     """The partition settings in one value, so that callers pass one thing.
 
-    The defaults are config.Settings' (a test keeps them equal).
+    The defaults are Settings' own (config.DEFAULTS): ``PartitionPolicy()``
+    equals ``from_settings`` of an environment that sets nothing.
     """
 
-    months_ahead: int = 3
-    retention_months: int = 0  # 0: keep every month
-    keep_detached: bool = False
-    max_future_skew: timedelta = timedelta(days=1)
-    max_past_age_days: int = 730
-    max_partitions_per_batch: int = 4
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
-    lock_retries: int = DEFAULT_LOCK_RETRIES
+    months_ahead: int = DEFAULTS.partition_months_ahead
+    retention_months: int = DEFAULTS.partition_retention_months  # 0: keep every month
+    keep_detached: bool = DEFAULTS.partition_keep_detached
+    max_future_skew: timedelta = timedelta(seconds=DEFAULTS.event_max_future_skew_s)
+    max_past_age_days: int = DEFAULTS.event_max_past_age_days
+    max_partitions_per_batch: int = DEFAULTS.ingest_max_partitions_per_batch
+    lock_timeout_ms: int = DEFAULTS.partition_lock_timeout_ms
+    lock_retries: int = DEFAULTS.partition_lock_retries
 
     def __post_init__(self) -> None:
         # A negative retention would reach the current month; say so at once.
@@ -334,7 +333,7 @@ def with_lock_retry(action: Callable[[], T], policy: PartitionPolicy, what: str)
 
 
 def ensure_months(
-    conn: Connection, months: Iterable[Month], *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+    conn: Connection, months: Iterable[Month], *, lock_timeout_ms: int = DEFAULTS.partition_lock_timeout_ms
 ) -> list[Month]:
     """Create the missing ones of ``months``; returns those it created.
 

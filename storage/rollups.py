@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, delete, insert, text
 from sqlalchemy.orm import Session
 
+from config import DEFAULTS
 from models import RollupPendingBatch
 from retry_policy import Backoff, call_with_retry
 from storage.histogram import bucket_sql
@@ -73,7 +74,6 @@ T = TypeVar("T")
 
 # Arbitrary constant naming the rollup advisory lock: shared by runs, exclusive for rebuilds.
 ROLLUP_LOCK_KEY = 0x524F_4C4C  # "ROLL"
-DEFAULT_CHUNK_BATCHES = 1000
 ROLLUP_WORK_MEM = "128MB"  # per sort/hash node of a rollup transaction
 UTC_EPOCH = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"  # origin of date_bin: hours and days are UTC
 RETRY_ATTEMPTS = 5
@@ -284,7 +284,7 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     return ChunkResult(0, events, touched[0], touched[1], users)
 
 
-def run_chunk(conn: Connection, chunk_batches: int = DEFAULT_CHUNK_BATCHES) -> ChunkResult:
+def run_chunk(conn: Connection, chunk_batches: int = DEFAULTS.rollup_chunk_batches) -> ChunkResult:
     """Add up to ``chunk_batches`` pending batches to the rollups, in the caller's transaction.
 
     Nothing is visible to others until the caller commits; a rollback undoes
@@ -327,7 +327,7 @@ def pending_count(conn: Connection) -> int:
 
 
 def run_until_idle(
-    engine: Engine, chunk_batches: int = DEFAULT_CHUNK_BATCHES, max_chunks: int | None = None
+    engine: Engine, chunk_batches: int = DEFAULTS.rollup_chunk_batches, max_chunks: int | None = None
 ) -> RunReport:
     """Run chunks, one transaction each, until a chunk finds fewer batches than it could take."""
     report = RunReport()

@@ -31,7 +31,7 @@ from sqlalchemy import event, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from config import Settings
+from config import DEFAULTS, Settings
 from models.tenant_name import FEATURE, MODEL, TenantName
 from schema.message import plain_payload
 from storage.dead_letters import Rejected
@@ -54,10 +54,10 @@ FIELD: Final = {FEATURE: "feature_name", MODEL: "model"}
 
 @dataclass(frozen=True)
 class NameCaps:
-    """Most distinct names per tenant; the defaults are config.Settings' (a test keeps them equal)."""
+    """Most distinct names per tenant; the defaults are Settings' own (config.DEFAULTS)."""
 
-    max_features: int = 1000
-    max_models: int = 1000
+    max_features: int = DEFAULTS.tenant_max_features
+    max_models: int = DEFAULTS.tenant_max_models
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NameCaps:
