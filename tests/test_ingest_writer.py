@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -285,3 +286,22 @@ def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(engine: Engine
     assert stored(engine, tenant) == (19, 19)
     (letter,) = letters_for(engine, tenant)
     assert letter["attempts"] == 2
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_the_callers_settings_decide_not_the_process_environment(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
+    """store_batch reads no global settings: a past bound passed in refuses what the process's would store."""
+    rows = make_rows(tenant, 2)
+    rows[0] = tamper(rows[0], timestamp=datetime.now(timezone.utc) - timedelta(days=3))
+    strict = settings.model_copy(update={"event_max_past_age_days": 1})
+    assert get_settings().event_max_past_age_days > 3  # the process's own bound would take the old event
+    refused = write(engine, rows, strict)
+    assert (refused.stored, len(refused.rejected)) == (1, 1)
+    assert "EVENT_MAX_PAST_AGE_DAYS" in refused.rejected[0].reason
+    accepted = write(engine, rows, settings)
+    assert (accepted.stored, accepted.duplicates, accepted.rejected) == (1, 1, [])
+    assert stored(engine, tenant) == (2, 2)
