@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         web = WebProcess(env.workdir, {"PRODUCER_SPOOL_DIR": str(env.workdir / "web-spool"),
                                        "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics"),
                                        **(roles.web_env() if roles else {})})  # fmt: skip
-        web.start()
+        web.start_ready()
         events = normal_load(args.events, random.Random(args.seed))
         victim_plan = [{"event_id": e["event_id"], "timestamp": e["timestamp"]} for e in events
                        if e["tenant_id"] == VICTIM]  # fmt: skip

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from bench.abuse_attacks import MONTHS, mid_month, outside_window_months
 from bench.abuse_context import RAW_CONTROLS, AttackContext
 from bench.abuse_core import Judge, Verdict, attack
+from devtools.faults import malformed
 from storage.partitions import Month, months_ahead
-from tests.faults import malformed
 
 INGEST_TASK = "ingest.write_batch"
 ROW_PADDING_TO = 120  # user_id length of the rows of the over-bytes message (valid: under MAX_USER_ID_LEN)

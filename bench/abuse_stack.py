@@ -14,10 +14,7 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,15 +22,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 
 from bench import harness
 from bench.abuse_roles import RunRoles
-from bench.harness import REPO_ROOT
-from tests.servers import spare_port
+from devtools.processes import REPO_ROOT, ManagedProcess, child_env, children, http_ok, spare_port
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+READY_POLL_S = 0.2
 RSS_POLL_S = 0.05
 MB = 1024 * 1024
 SOCKET_TIMEOUT_S = 5.0
@@ -56,58 +52,30 @@ def celery_app_of(command: str, default: str = "tasks.app") -> str:
     return found.group(1) if found else default
 
 
-class ProcfileProcess:
-    """One Procfile line run by ``sh`` in a process group of its own, logging to ``<workdir>/<name>.log``."""
+class ProcfileProcess(ManagedProcess):
+    """One Procfile line run by ``sh`` in a process group of its own, logging to ``<workdir>/<name>.log``.
+
+    SIGTERM goes to the whole group: ``sh`` does not forward it to the command it runs.
+    """
 
     def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
         # The virtualenv's bin first, as when honcho runs the Procfile from an activated environment.
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PATH": path}
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, ["sh", "-c", procfile_command(name)], workdir / f"{name}.log",
+                         env=child_env(env, venv_on_path=True), term_group=True)  # fmt: skip
 
-    def start(self, ready: Callable[[], bool]) -> None:
-        """Start it and wait until ``ready()`` (or raise with the log's tail)."""
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["sh", "-c", procfile_command(self.name)], cwd=REPO_ROOT, env=self._env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} process exited at start:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} process not ready after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.2)
+    def start_ready(self, ready: Callable[[], bool]) -> None:
+        """Start it and wait until ``ready()`` (or raise ProcessError with the log's tail)."""
+        self.start()
+        self.wait_ready(ready, START_TIMEOUT_S, "ready", READY_POLL_S)
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(STOP_TIMEOUT_S)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(STOP_TIMEOUT_S)
-        self.proc = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """Stop it (see ManagedProcess.stop); it may be started again."""
+        returncode = super().stop(timeout)
+        self._proc = None
+        return returncode
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:]) or "(no log)"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return super().log_tail(lines) or "(no log)"
 
 
 def start_worker(env: harness.BenchEnv, mode: str, roles: RunRoles | None = None) -> harness.Worker | ProcfileProcess:
@@ -125,7 +93,7 @@ def start_worker(env: harness.BenchEnv, mode: str, roles: RunRoles | None = None
     aggregator = ProcfileProcess("worker", env.workdir, {"INGEST_MODE": "aggregate",
                                  "PROMETHEUS_MULTIPROC_DIR": str(env.workdir / "metrics"),
                                  **(roles.worker_env() if roles else {})})  # fmt: skip
-    aggregator.start(lambda: READY_LOG in aggregator.log())
+    aggregator.start_ready(lambda: READY_LOG in aggregator.log())
     return aggregator
 
 
@@ -137,37 +105,18 @@ class WebProcess(ProcfileProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("web", workdir, {**env, "WEB_PORT": str(self.port)})
 
-    def start(self, ready: Callable[[], bool] | None = None) -> None:
-        super().start(ready or self._answers)
-
-    def _answers(self) -> bool:
-        try:
-            httpx.get(self.url + "/health", timeout=2.0)
-            return True  # any HTTP answer: it serves
-        except httpx.HTTPError:
-            return False
+    def start_ready(self, ready: Callable[[], bool] | None = None) -> None:
+        """Start it; ready once ``ready()``, by default once it gives any HTTP answer (it serves)."""
+        super().start_ready(ready or (lambda: http_ok(self.url + "/health", any_status=True)))
 
     def alive(self) -> bool:
         return super().alive() and bool(self.serving_pids())
 
     def serving_pids(self) -> list[int]:
-        if self.proc is None:
+        if not self.started:
             return []
-        children = [pid for pid in _children(self.proc.pid) if "resource_tracker" not in _cmdline(pid)]
-        return children or [self.proc.pid]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                raw = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
+        workers = [pid for pid in children(self.pid) if "resource_tracker" not in _cmdline(pid)]
+        return workers or [self.pid]
 
 
 def _cmdline(pid: int) -> str:

@@ -1,6 +1,6 @@
 """Fault injection report: ``python -m bench.faults [--only NAME ...] [--rate N] [--duration S]``.
 
-Runs the scenarios of the fault suite (tests/faults/scenarios.py, the same
+Runs the scenarios of the fault suite (devtools/faults/scenarios.py, the same
 code as ``pytest -m faults``), each with its own private PostgreSQL and broker
 on spare ports, a steady load from a real producer process and real Celery
 worker processes, and reconciles the events ``track()`` accepted against the
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.scenarios import DEFAULT_DURATION_S, DEFAULT_RATE, SCENARIOS, Options, Outcome, run_scenario
+from devtools.faults.scenarios import DEFAULT_DURATION_S, DEFAULT_RATE, SCENARIOS, Options, Outcome, run_scenario
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs (printed path)")
     args = parser.parse_args(argv)
 
-    # tests.workers derives a worker's DATABASE_URL from ours before the scenario
+    # devtools.workers derives a worker's DATABASE_URL from ours before the scenario
     # replaces it with its private server's: any value will do.
     os.environ.setdefault("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics")
     workdir = Path(tempfile.mkdtemp(prefix="bench-faults-"))

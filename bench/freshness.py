@@ -135,9 +135,9 @@ def run_freshness(
     writer: str,
 ) -> FreshnessResult:
     from config import get_settings
+    from devtools.servers import PrivatePostgres
     from producer import Tracker
     from storage.migrate import migrate
-    from tests.servers import PrivatePostgres
 
     n = int(rate * seconds)
     print(

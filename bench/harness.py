@@ -2,7 +2,7 @@
 row-count monitor, reconciliation, queue cleanup.
 
 Everything a benchmark starts it also stops: workers run in their own process
-group (``start_new_session``) and ``Worker.stop`` kills the whole group, so a
+group (devtools.processes) and ``Worker.stop`` kills the whole group, so a
 pool child never outlives the run, even after Ctrl-C or an exception.
 """
 
@@ -25,11 +25,12 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.ready import READY_FILE_ENV
+from devtools.processes import REPO_ROOT, ManagedProcess, file_tail
+from devtools.workers import PROCFILE_POOL  # the Procfile's ingest worker (WORKER_POOL)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_POLL_S = 0.05
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
-PROCFILE_POOL = "threads"  # the Procfile's ingest worker (WORKER_POOL)
 
 
 # --- environment ---------------------------------------------------------------
@@ -335,7 +336,8 @@ class RowMonitor(threading.Thread):
 
 
 class Worker:
-    """One ``celery worker`` subprocess in its own process group."""
+    """One ``celery worker`` subprocess (devtools.processes.ManagedProcess: its own process
+    group, stopped whole), ready when ``bench.ready`` writes its ready file; may be started again."""
 
     def __init__(self, env: BenchEnv, app: str, queue: str, concurrency: int, name: str,
                  pool: str = PROCFILE_POOL) -> None:  # fmt: skip
@@ -347,7 +349,7 @@ class Worker:
         self.name = name
         self.log_path = env.workdir / f"{name}.log"
         self._ready_path = env.workdir / f"{name}.ready"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         cmd = [
@@ -360,64 +362,39 @@ class Worker:
             "--include", "bench.ready",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        environ = dict(os.environ, **{READY_FILE_ENV: str(self._ready_path)})
         self._ready_path.unlink(missing_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after Popen
-        try:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() kills it whole
-            )
-        finally:
-            log.close()
+        # SIGTERM to the whole group, as a terminal's Ctrl-C or a supervisor would send it.
+        self._process = ManagedProcess(f"worker {self.name}", cmd, self.log_path,
+                                       env=dict(os.environ, **{READY_FILE_ENV: str(self._ready_path)}),
+                                       append_log=True, term_group=True).start()  # fmt: skip
         _live_workers.add(self)
-        deadline = time.monotonic() + timeout
-        while not self._ready_path.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited at start:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self._process.wait_ready(self._ready_path.exists, timeout, "ready", READY_POLL_S)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Warm shutdown (SIGTERM to the group), then SIGKILL whatever is left of it."""
-        proc = self.proc
-        if proc is None:
+        process = self._process
+        if process is None:
             return
-        pgid = proc.pid  # session leader: its pid is the group id
         try:
-            if proc.poll() is None:
-                _killpg(pgid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
+            process.stop(timeout)
         finally:
-            _killpg(pgid, signal.SIGKILL)  # stragglers of the group, e.g. pool children
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
             _live_workers.discard(self)
-            self.proc = None
+            self._process = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The main worker process, None before ``start`` and after ``stop``."""
+        return self._process.proc if self._process is not None else None
 
     @property
     def pgid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self._process.pid if self._process is not None else None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self._process is not None and self._process.alive()
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return file_tail(self.log_path, lines) or "(no log)"
 
     def __enter__(self) -> Worker:
         self.start()
@@ -428,13 +405,6 @@ class Worker:
 
 
 _live_workers: set[Worker] = set()
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_all_workers() -> None:

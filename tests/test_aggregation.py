@@ -12,8 +12,6 @@ the queue or unacknowledged). Flushes are counted twice: from the process's
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,8 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,109 +29,23 @@ from kombu import Connection
 from sqlalchemy import Engine, text
 
 from config import Settings
-from tasks.aggregator import COMMITTED_LOG, READY_LOG
-from tasks.broker import dead_queue_name, ingest_queue
-from tests.test_pipeline import batch_publisher, blocked_inserts, count_events, make_message, wire_rows
-from tests.workers import REPO_ROOT, LoggedProcess, _group_members, wait_for, worker_env
+from devtools.events_db import blocked_inserts, count_events
+from devtools.messages import batch_publisher, make_message, wire_rows
+from devtools.processes import REPO_ROOT, wait_for
+from devtools.workers import Aggregator, aggregator, worker_env
+from schema import reasons
+from storage.dead_letters import SOURCE_QUEUE, SOURCE_WORKER
+from tasks.broker import ingest_queue
+from tasks.names import INGEST_WRITE_BATCH
 
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = "redis://127.0.0.1:6379/10"  # only to show that it is refused
 SETTLE_TIMEOUT_S = 30
 REDELIVERY_TIMEOUT_S = 45
-AGGREGATOR_ENV = {
-    "INGEST_RETRY_MAX_S": "1",  # database errors: retry within a second
-}
-FLUSH_RE = re.compile(
-    COMMITTED_LOG + r": messages=(\d+) events=(\d+) stored=(\d+) duplicates=(\d+) dead_lettered=(\d+)"
-)
-
-
-# --- the aggregator subprocess -------------------------------------------------
-
-
-@dataclass
-class Flush:
-    messages: int
-    events: int
-    stored: int
-    duplicates: int
-    dead_lettered: int
-
-
-class Aggregator(LoggedProcess):
-    """A ``python -m tasks.aggregator`` subprocess; its flushes read from its log."""
-
-    def flushes(self) -> list[Flush]:
-        return [Flush(*map(int, m.groups())) for m in FLUSH_RE.finditer(self.log())]
-
-    def processed(self) -> int:
-        return sum(f.stored + f.duplicates + f.dead_lettered for f in self.flushes())
-
-    def describe(self, **extra: Any) -> str:
-        state = "running" if self.alive() else f"exited ({self.proc.returncode})"
-        details = "".join(f"\n{key}: {value}" for key, value in extra.items())
-        tail = "\n".join(self.log().splitlines()[-40:])
-        return f"aggregator {self.pid} {state}{details}\n--- log tail ---\n{tail}"
-
-    def kill_group(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-        wait_for(lambda: not _group_members(self.pid), 10, "aggregator processes survived SIGKILL")
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """Warm stop (SIGTERM); SIGKILL of the group if it takes longer than ``timeout``."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        returncode = self.proc.poll()
-        self.kill_group()
-        return returncode
-
-
-@contextmanager
-def aggregator(broker_url: str, queue: str, log_dir: Path, env: dict[str, str] | None = None) -> Iterator[Aggregator]:
-    tag = uuid.uuid4().hex[:8]
-    app_name = f"aggregator-{tag}"
-    log_path = log_dir / f"{app_name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.aggregator"],
-            cwd=REPO_ROOT,
-            env=worker_env(broker_url, queue, app_name, {**AGGREGATOR_ENV, **(env or {})}),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: killpg reaches everything it started
-        )
-    process = Aggregator(proc, log_path, app_name)
-    try:
-        wait_for(
-            lambda: READY_LOG in process.log() or not process.alive(), 30, lambda: process.describe(note="not ready")
-        )
-        assert process.alive(), process.describe()
-        yield process
-    finally:
-        process.stop()
+# The aggregator refuses Redis (tasks/aggregator.py): every test with broker_url runs on RabbitMQ.
+pytestmark = pytest.mark.brokers("rabbitmq")
 
 
 # --- fixtures ------------------------------------------------------------------
-
-
-@pytest.fixture(params=["rabbitmq"])  # the aggregator refuses Redis (tasks/aggregator.py)
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url = RABBITMQ_URL
-    try:
-        with Connection(url, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"{request.param} broker at {url} is not reachable: {exc}")
-    return url
 
 
 def queue_depth(broker_url: str, queue: str) -> tuple[int, int]:
@@ -144,15 +55,6 @@ def queue_depth(broker_url: str, queue: str) -> tuple[int, int]:
     with Connection(broker_url) as conn:
         _, ready, _ = conn.default_channel.queue_declare(queue, passive=True)
         return ready, 0
-
-
-@pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    name = f"ingest-agg-{uuid.uuid4().hex[:10]}"
-    yield name
-    with Connection(broker_url) as conn:
-        conn.default_channel.queue_delete(name)
-        conn.default_channel.queue_delete(dead_queue_name(name))
 
 
 @pytest.fixture
@@ -170,11 +72,6 @@ def start(broker_url: str, queue: str, database_url: str, tmp_path: Path) -> Ite
             return stack.enter_context(aggregator(broker_url, queue, tmp_path, env))
 
         yield start
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"tenant-{uuid.uuid4().hex[:12]}"
 
 
 # --- helpers -------------------------------------------------------------------
@@ -421,8 +318,8 @@ def test_bad_rows_are_dead_lettered_while_flush_mates_land(
 
     assert "too far in the future" in letter(far_future[0])[1]
     assert "input_tokens must not be negative" in letter(negative[0])[1]
-    assert "not an ingest message" in letter(not_ours)[1]
-    assert {source for source, _, _ in letters.values()} == {"worker"}
+    assert reasons.NOT_AN_INGEST_MESSAGE in letter(not_ours)[1]
+    assert {source for source, _, _ in letters.values()} == {SOURCE_WORKER}
     assert {attempts for _, _, attempts in letters.values()} == {1}
 
 
@@ -447,25 +344,25 @@ def test_foreign_messages_are_dead_lettered_and_the_rest_lands(
         raw(f"pickle? {marker}".encode(), content_type="application/x-python-serialize")
         raw(json.dumps({"hello": marker}).encode())
         task("somebody.elses_task", [[marker], {}, {}])
-        task("ingest.write_batch", [[marker, "two arguments"], {}, {}])
-        task("ingest.write_batch", [[good], {}, {}])  # protocol 2, as the producer sends it
+        task(INGEST_WRITE_BATCH, [[marker, "two arguments"], {}, {}])
+        task(INGEST_WRITE_BATCH, [[good], {}, {}])  # protocol 2, as the producer sends it
     protocol1 = make_message(wire_rows(tenant, 5))
     with Connection(broker_url) as conn:
         conn.Producer().publish(
-            {"task": "ingest.write_batch", "id": str(uuid.uuid4()), "args": [protocol1], "kwargs": {}},
+            {"task": INGEST_WRITE_BATCH, "id": str(uuid.uuid4()), "args": [protocol1], "kwargs": {}},
             routing_key=queue, declare=[ingest_queue(queue, dead_letter_exchange=True)], serializer="json",
         )  # fmt: skip
 
     settle(process, engine, tenant, 30, 30, SETTLE_TIMEOUT_S)
     wait_for(lambda: len(dead_letters_for(engine, marker)) >= 5, SETTLE_TIMEOUT_S, process.describe)
     rows = dead_letters_for(engine, marker)
-    reasons = " | ".join(reason for _, _, reason, _ in rows)
-    assert {source for _, source, _, _ in rows} == {"queue"}, rows
-    assert reasons.count("could not be decoded") == 2, reasons
-    assert "not a Celery task message" in reasons
-    assert "unknown task: 'somebody.elses_task'" in reasons
-    assert "invalid task message" in reasons
-    assert len(rows) == 5, reasons
+    found = " | ".join(reason for _, _, reason, _ in rows)
+    assert {source for _, source, _, _ in rows} == {SOURCE_QUEUE}, rows
+    assert found.count(reasons.COULD_NOT_DECODE) == 2, found
+    assert reasons.NOT_A_TASK_MESSAGE in found
+    assert reasons.unknown_task("somebody.elses_task") in found
+    assert reasons.INVALID_TASK_MESSAGE in found
+    assert len(rows) == 5, found
     assert count_events(engine, tenant) == (30, 30)
     assert process.alive()
     assert process.stop() == 0, process.describe()

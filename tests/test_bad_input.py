@@ -4,7 +4,7 @@ Each bad event gets a clear error (client, HTTP) or a dead letter with its
 reason (queue); the good events beside it land exactly once; no worker dies.
 The end-to-end tests use the machine's brokers with a queue of their own and
 the test database; the hypothesis tests need only the database, or nothing.
-The catalogue of bad rows, messages and raw bodies is tests/faults/malformed.py,
+The catalogue of bad rows, messages and raw bodies is devtools/faults/malformed.py,
 shared with the ``bad_input`` fault scenario.
 """
 
@@ -27,6 +27,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
+from devtools.faults import malformed
+from devtools.processes import wait_for
+from devtools.workers import celery_worker, describe
 from producer import Tracker
 from schema.event import MAX_INT32, WIRE_FIELDS, InvalidEvent, parse_wire_row
 from schema.message import decode_message
@@ -35,13 +38,12 @@ from storage.dead_letters import Rejected
 from storage.events import store_batch
 from storage.writers import WRITERS
 from tasks.broker import ingest_queue
-from tests.faults import malformed
-from tests.workers import celery_worker, describe, wait_for
 
 BROKERS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
     "redis": "redis://127.0.0.1:6379/7",
 }
+REDIS_URL = BROKERS["redis"]  # the Redis database of broker_url (conftest) in this module
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 AT_THE_CAP = Settings().ingest_max_rows_per_message  # the largest message the worker takes: stored
 OVER_THE_CAP = AT_THE_CAP + 1  # one more row: dead-lettered whole, unparsed
@@ -143,11 +145,6 @@ def test_track_refuses_bad_input_by_name_and_the_good_events_beside_it_land(
 
 
 # --- the queue --------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=sorted(BROKERS))
-def broker_url(request: pytest.FixtureRequest) -> str:
-    return BROKERS[request.param]
 
 
 def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_events_land(

@@ -35,9 +35,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from devtools.processes import REPO_ROOT, wait_for
+from devtools.web import Server, uvicorn_server
+from devtools.workers import celery_worker, describe
 from storage.api_keys import create_key
-from tests.web_server import Server, uvicorn_server
-from tests.workers import REPO_ROOT, celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 CHROMIUM = Path("/usr/bin/chromium")

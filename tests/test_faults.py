@@ -1,6 +1,6 @@
 """The fault-injection suite: ``pytest -m faults`` (also part of the default run).
 
-Each test is one scenario of tests/faults/scenarios.py (the same code as
+Each test is one scenario of devtools/faults/scenarios.py (the same code as
 ``python -m bench.faults``): its own PostgreSQL and broker on spare ports,
 a steady load from a real producer process, real worker processes, one fault,
 and a reconciliation that must end with ``lost=0 duplicated=0``.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.scenarios import SCENARIOS, Options, run_scenario
-from tests.servers import PG_BIN, RABBITMQ_SBIN
+from devtools.faults.scenarios import SCENARIOS, Options, run_scenario
+from devtools.servers import PG_BIN, RABBITMQ_SBIN
 
 pytestmark = pytest.mark.faults
 

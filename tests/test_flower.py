@@ -29,16 +29,17 @@ from kombu import Connection
 from sqlalchemy import Engine, text
 
 from config import Settings
+from devtools.processes import REPO_ROOT, spare_port, wait_for
+from devtools.web import Server, serve
+from devtools.workers import Worker, celery_worker, describe
 from producer import Tracker
 from tasks.broker import dead_queue_name
-from tests.servers import spare_port
-from tests.web_server import Server, _serve
-from tests.workers import REPO_ROOT, Worker, celery_worker, describe, wait_for
+from tasks.names import INGEST_WRITE_BATCH
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 BROKER_API = "http://guest:guest@127.0.0.1:15672/api/"
 FLOWER_USER = "ops"
-INGEST_TASK = "ingest.write_batch"
+INGEST_TASK = INGEST_WRITE_BATCH
 EVENTS_PER_MESSAGE = 10
 MESSAGES = 6
 # RabbitMQ's management API refreshes queue figures every 5 s (collect_statistics_interval).
@@ -69,7 +70,7 @@ def procfile_flower(log_dir: Path, auth: tuple[str, str], broker_url: str, queue
     env = {"FLOWER_PORT": str(port), "FLOWER_BASIC_AUTH": f"{auth[0]}:{auth[1]}", "FLOWER_BROKER_API": BROKER_API,
            "CELERY_BROKER_URL": broker_url, "INGEST_QUEUE": queue,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
-    with _serve("flower", ["sh", "-c", procfile_command("flower")], port, "/api/workers", log_dir, env,
+    with serve("flower", ["sh", "-c", procfile_command("flower")], port, "/api/workers", log_dir, env,
                 auth=auth) as server:  # fmt: skip
         yield server
 

@@ -13,9 +13,9 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from devtools.processes import REPO_ROOT, port_open, spare_port, wait_for
+from devtools.workers import celery_worker, describe
 from storage.api_keys import create_key
-from tests.servers import port_open, spare_port
-from tests.workers import REPO_ROOT, celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 EVENTS = 300

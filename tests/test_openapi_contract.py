@@ -28,8 +28,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from storage.api_keys import create_key
-from tests.web_server import Server, uvicorn_server
-from tests.workers import celery_worker
+from devtools.web import Server, uvicorn_server
+from devtools.workers import celery_worker
 from web.app import app
 from config import get_settings
 from web.dashboard import DEFAULT_SERIES_FEATURES, EARLIEST, LATEST, MAX_WINDOW

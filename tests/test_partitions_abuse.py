@@ -25,12 +25,13 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from config.settings import Settings
+from devtools.processes import wait_for
+from devtools.workers import celery_worker, describe
 from producer.client import Tracker
 from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, check_timestamp, parse_wire_row
 from storage import dead_letters
 from storage.events import Row, WriteResult, store_batch
 from storage.partitions import Month, PartitionPolicy, existing_months, list_partitions
-from tests.workers import celery_worker, describe, wait_for
 
 UTC = timezone.utc
 DAY = timedelta(days=1)
@@ -104,11 +105,6 @@ def made_tables(engine: Engine) -> Iterator[set[str]]:
     with engine.begin() as conn:
         for name in sorted(made):
             conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"abuse-{uuid.uuid4().hex[:10]}"
 
 
 # --- the past bound ---------------------------------------------------------------------

@@ -7,37 +7,26 @@ the rows of its own tenant in the database. Nothing is mocked.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
-from celery import Celery
-from kombu import Connection as BrokerConnection
 from sqlalchemy import Engine, text
 
-import celeryconfig
 from config import Settings
+from devtools.events_db import blocked_inserts, count_events
+from devtools.messages import batch_publisher, make_message, wire_rows
+from devtools.processes import wait_for
+from devtools.workers import PROCFILE_POOL, Worker, celery_worker, describe
 from producer import Tracker
-from producer.ids import uuid7_hex_batch
-from producer.publisher import BatchPublisher
-from schema.event import WIRE_FIELDS, WIRE_VERSION, timestamp_to_us
-from tests.workers import PROCFILE_POOL, Worker, celery_worker, describe, wait_for
+from schema import reasons
 
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-# A database number of its own: Redis keeps kombu's unacked index per database,
-# and our workers restore unacked messages after a 5 s visibility timeout.
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 VISIBILITY_TIMEOUT_S = 5
 WORKER_ENV = {"REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)}
 
@@ -49,43 +38,6 @@ REDELIVERY_TIMEOUT_S = 45
 
 
 # --- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(params=["rabbitmq", "redis"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url = RABBITMQ_URL if request.param == "rabbitmq" else REDIS_URL
-    try:
-        with BrokerConnection(url, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"{request.param} broker at {url} is not reachable: {exc}")
-    return url
-
-
-@pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    name = f"ingest-e2e-{uuid.uuid4().hex[:10]}"
-    yield name
-    # Tidy the shared broker: the queue is unique to this test.
-    if broker_url.startswith("redis"):
-        client = redis.Redis.from_url(broker_url)
-        # Messages a killed worker left unacknowledged would otherwise be
-        # restored to the deleted queue by some later worker's sweep.
-        for tag, entry in client.hscan_iter("unacked"):
-            try:
-                routing_key = json.loads(entry)[2]
-            except (ValueError, IndexError, TypeError):
-                continue
-            if routing_key == name:
-                client.hdel("unacked", tag)
-                client.zrem("unacked_index", tag)
-        keys = list(client.scan_iter(match=f"*{name}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-    else:
-        with BrokerConnection(broker_url) as conn:
-            conn.default_channel.queue_delete(name)
 
 
 @pytest.fixture
@@ -118,64 +70,7 @@ def start_worker(broker_url: str, queue: str, database_url: str, tmp_path: Path)
         yield start
 
 
-@pytest.fixture
-def tenant() -> str:
-    return f"tenant-{uuid.uuid4().hex[:12]}"
-
-
 # --- helpers ----------------------------------------------------------------
-
-
-def wire_rows(tenant: str, n: int, *, timestamp: datetime | None = None, **overrides: Any) -> list[list[Any]]:
-    """``n`` valid wire rows with fresh event ids, as the producer would send them."""
-    ts_us = timestamp_to_us(timestamp) if timestamp else time.time_ns() // 1000
-    ids = uuid7_hex_batch([ts_us] * n)
-    rows = []
-    for i, event_id in enumerate(ids):
-        values = {
-            "event_id": event_id,
-            "tenant_id": tenant,
-            "feature_name": "summarize",
-            "user_id": f"user-{i}",
-            "model": "gpt-test",
-            "input_tokens": 10 + i,
-            "output_tokens": 5,
-            "tokens_used": 15 + i,
-            "latency_ms": 120,
-            "status": "success",
-            "error_type": None,
-            "timestamp_us": ts_us,
-            **overrides,
-        }
-        rows.append([values[name] for name in WIRE_FIELDS])
-    return rows
-
-
-def make_message(rows: list[list[Any]]) -> dict[str, Any]:
-    return {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": rows}
-
-
-@contextmanager
-def batch_publisher(settings: Settings) -> Iterator[BatchPublisher]:
-    """The producer's own publishing path (celeryconfig.build + BatchPublisher)."""
-    app = Celery("test-publisher", set_as_current=False)
-    app.conf.update(celeryconfig.build(settings))
-    publisher = BatchPublisher(app, settings)
-    try:
-        yield publisher
-    finally:
-        publisher.close()
-
-
-def count_events(engine: Engine, tenant: str) -> tuple[int, int]:
-    with engine.connect() as conn:
-        total, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT event_id) FROM analytics_events WHERE tenant_id = :t"
-            ),
-            {"t": tenant},
-        ).one()
-    return total, distinct
 
 
 def processed(worker: Worker) -> int:
@@ -189,28 +84,6 @@ def wait_for_events(engine: Engine, tenant: str, expected: int, timeout: float, 
         timeout,
         lambda: describe(worker, expected=expected, stored=count_events(engine, tenant)),
     )
-
-
-@contextmanager
-def blocked_inserts(engine: Engine) -> Iterator[Callable[[], None]]:
-    """Hold a SHARE lock on analytics_events (and so its partitions) in a
-    transaction of its own: every INSERT waits until it is released.
-
-    Yields ``release``; the lock is released at exit in any case.
-    """
-    conn = engine.connect()
-    trans = conn.begin()
-    conn.execute(text("LOCK TABLE analytics_events IN SHARE MODE"))
-
-    def release() -> None:
-        if trans.is_active:
-            trans.rollback()
-
-    try:
-        yield release
-    finally:
-        release()
-        conn.close()
 
 
 def backends_waiting_on_lock(engine: Engine, worker: Worker) -> list[int]:
@@ -498,5 +371,5 @@ def test_rejected_rows_are_dead_lettered_while_batch_mates_land(
     assert "input_tokens must not be negative" in reason, reason
     assert (attempts, source) == (1, "worker")
     reason, attempts, source = letter(not_ours)
-    assert "not an ingest message" in reason, reason
+    assert reasons.NOT_AN_INGEST_MESSAGE in reason, reason
     assert (attempts, source) == (1, "worker")

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
 from config import Settings
+from devtools.processes import REPO_ROOT, wait_for
+from devtools.servers import PrivateRedis
+from devtools.workers import celery_worker
 from producer import Tracker
-from tests.servers import PrivateRedis
-from tests.workers import REPO_ROOT, celery_worker, wait_for
 
 EVENTS = 3_000
 
@@ -42,13 +42,6 @@ PRODUCER = textwrap.dedent(
     time.sleep(600)  # killed by the test
     """
 )
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    yield server
-    server.stop()
 
 
 def stored(engine: Engine, tenant: str) -> tuple[int, int]:

@@ -12,27 +12,23 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from config import Settings
+from devtools.servers import PrivateRedis
 from producer import Tracker
 from tasks.consumer import _ack_that_cannot_crash
-from tests.servers import PrivateRedis
 
 BEFORE, DURING = 400, 150
 FLUSH_TIMEOUT_S = 15.0
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(autouse=True)
+def redis_running(redis_server: PrivateRedis) -> None:
+    """Every test here begins with its private Redis (conftest's ``redis_server``) up."""
+    redis_server.start()
 
 
 def queued_event_ids(client: redis.Redis, queue: str) -> list[str]:

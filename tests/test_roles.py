@@ -30,6 +30,7 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
+from devtools.processes import REPO_ROOT
 from queries import rollups as q
 from schema.event import WIRE_FIELDS, parse_wire_row
 from storage.api_keys import authenticate, create_key
@@ -39,7 +40,6 @@ from storage.events import store_batch
 from storage.migrate import MigrateReport, migrate, migrate_with_roles
 from storage.partitions import Month, PartitionPolicy, existing_months, run_retention
 from storage.roles import OWNER, WEB, WORKER, RoleNames, drop_roles, schema_tables
-from tests.workers import REPO_ROOT
 
 INSUFFICIENT_PRIVILEGE = "42501"
 WORKER_PASSWORD = "worker-" + uuid.uuid4().hex  # checked never to be printed
@@ -285,10 +285,11 @@ def test_worker_and_web_processes_run_as_their_roles(roles_db: RolesDb, superuse
     import httpx
     from kombu import Connection
 
+    from devtools.processes import wait_for
+    from devtools.web import uvicorn_server
+    from devtools.workers import celery_worker, describe
     from producer import Tracker
     from tasks.broker import dead_queue_name
-    from tests.web_server import uvicorn_server
-    from tests.workers import celery_worker, describe, wait_for
 
     names = roles_db.names
     worker_url = make_url(roles_db.url).set(username=names.worker).render_as_string(hide_password=False)

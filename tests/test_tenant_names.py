@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
@@ -24,11 +23,6 @@ from storage.tenant_names import KNOWN, NameCaps, admit_names
 
 CAPS = NameCaps(max_features=3, max_models=3)
 THREAD_TIMEOUT_S = 30
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"names-{uuid.uuid4().hex[:12]}"
 
 
 def rows_for(tenant: str, feature: str, n: int = 2, model: str | None = "gpt-x") -> list[Row]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from devtools.processes import wait_for
+from devtools.workers import celery_worker, describe
 from storage.api_keys import create_key, revoke
-from tests.workers import celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.fixture(scope="module")
-def client(database_url: str) -> Iterator[TestClient]:
-    from web.app import app
-
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from devtools.processes import spare_port, wait_for
+from devtools.web import Server, uvicorn_server
+from devtools.workers import celery_worker, describe
 from storage.api_keys import create_key
-from tests.servers import spare_port
-from tests.web_server import Server, uvicorn_server
-from tests.workers import celery_worker, describe, wait_for
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -45,14 +45,6 @@ def tenant_key(engine: Engine, name: str) -> tuple[str, str]:
     with Session(engine) as session, session.begin():
         _, key = create_key(session, name=name, tenant_id=tenant)
     return tenant, key
-
-
-@pytest.fixture(scope="module")
-def client(database_url: str) -> Iterator[TestClient]:
-    from web.app import app
-
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 # --- finding 1: no route of the analytics service writes without a key ------------------------

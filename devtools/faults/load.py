@@ -1,4 +1,4 @@
-"""A web process's worth of steady load: ``python -m tests.faults.load``.
+"""A web process's worth of steady load: ``python -m devtools.faults.load``.
 
 Tracks events at ``--rate`` per second for ``--duration`` seconds through a
 real ``producer.Tracker`` (its own broker connection, spool and thread), then

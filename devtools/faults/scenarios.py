@@ -2,7 +2,7 @@
 
 Shared by the pytest suite (tests/test_faults.py, ``-m faults``) and the
 report script (``python -m bench.faults``). Every scenario starts its own
-private PostgreSQL and broker on spare ports (tests.servers), never the
+private PostgreSQL and broker on spare ports (devtools.servers), never the
 machine's shared services; its producers are real ``Tracker`` processes and
 its workers real Celery worker processes. It ends with a reconciliation of the
 events ``track()`` accepted against the rows stored and the dead letters:
@@ -16,23 +16,19 @@ exactly the dead letters it expects (none, except for ``bad_input``).
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.faults import malformed
-from tests.faults.cluster import WORKER_SETTINGS, Cluster, Counts, count_log, open_write_transaction
-from tests.faults.netns import Host, namespaces_available
-from tests.workers import PROCFILE_POOL, REPO_ROOT, Worker, wait_for
+from devtools.faults import malformed
+from devtools.faults.cluster import WORKER_SETTINGS, Cluster, Counts, count_log, open_write_transaction
+from devtools.faults.netns import Host, namespaces_available
+from devtools.workers import Worker, celery_worker
 
 DEFAULT_RATE = 1500.0  # events per second
 DEFAULT_DURATION_S = 30.0
@@ -264,26 +260,11 @@ RABBITMQ_HEARTBEAT_S = 5  # the private node's proposal; a vanished worker's mes
 @contextmanager
 def netns_worker(host: Host, broker_url: str, queue: str, database_url: str, log_dir: Path,
                  concurrency: int = 2) -> Iterator[Worker]:  # fmt: skip
-    """tests.workers.celery_worker, run inside ``host``'s network namespace."""
-    tag = uuid.uuid4().hex[:8]
-    nodename = f"test-{tag}"
-    log_path = log_dir / f"{nodename}.log"
-    cmd = host.command([
-        sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "-Q", queue, "-n", f"{nodename}@%h",
-        "-c", str(concurrency), "-P", PROCFILE_POOL, "-l", "INFO",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])  # fmt: skip
-    env = {**os.environ, **WORKER_SETTINGS, "CELERY_BROKER_URL": broker_url, "INGEST_QUEUE": queue,
-           "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    worker = Worker(proc, log_path, nodename, host.namespace)
-    try:
-        worker.wait_ready(60)
+    """devtools.workers.celery_worker, run inside ``host``'s network namespace."""
+    env = {**WORKER_SETTINGS, "DATABASE_URL": database_url}
+    with celery_worker(broker_url, queue, log_dir=log_dir, concurrency=concurrency, env=env,
+                       ready_timeout=60, wrap=host.command) as worker:  # fmt: skip
         yield worker
-    finally:
-        worker.stop()
 
 
 @scenario("two_hosts_partition", "rabbitmq",

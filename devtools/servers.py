@@ -1,7 +1,7 @@
-"""Private server instances on spare ports, for tests that stop or kill a server.
+"""Private server instances on spare ports, for tests and benchmarks that stop or kill a server.
 
-The machine's shared services are never stopped by a test: a test that needs
-a broker to go down starts its own here and stops that one.
+The machine's shared services are never stopped by a test or a benchmark: one
+that needs a broker or a database to go down starts its own here and stops that one.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,19 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
+from devtools.processes import REPO_ROOT, ManagedProcess, file_tail, port_open, spare_port
+
 START_TIMEOUT_S = 15.0
-
-
-def spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class PrivateRedis:
@@ -38,7 +27,7 @@ class PrivateRedis:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.port = port or spare_port()
         self.workdir = workdir
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -50,29 +39,25 @@ class PrivateRedis:
             raise RuntimeError("redis-server is not installed")
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Persist like a production broker would (AOF), so a restart keeps the queue.
-        self._proc = subprocess.Popen(
+        self._process = ManagedProcess(
+            f"private redis-server on port {self.port}",
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"private redis-server did not start on port {self.port}")
-            time.sleep(0.05)
+            self.workdir / "redis-server.log", append_log=True,
+        ).start()  # fmt: skip
+        self._process.wait_ready(lambda: port_open(self.port), START_TIMEOUT_S, "accepting connections", 0.05)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            self._proc.wait(10)
-        self._proc = None
+        """SIGTERM (Redis writes its AOF and exits), SIGKILL if it takes longer than the stop timeout."""
+        if self._process is not None:
+            self._process.stop()
+        self._process = None
 
 
 # --- PostgreSQL -------------------------------------------------------------------
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"  # initdb refuses to run as root; the cluster belongs to this user
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Server settings of a cluster under fault injection. A client that vanishes
 # (host cut off, process frozen) must not keep its transaction, and the row
@@ -92,14 +77,6 @@ def _as_user(user: str, cmd: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", user, "--", *cmd]
     return cmd
-
-
-def file_tail(path: Path, lines: int) -> str:
-    """The last lines of a server's log, for failure messages ("" if there is none yet)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class PrivatePostgres:
@@ -217,7 +194,7 @@ class PrivateRabbitMQ:
         self.nodename = f"private-{uuid.uuid4().hex[:10]}@localhost"
         self.workdir = Path(tempfile.mkdtemp(prefix="private-rabbitmq-"))
         self.logfile = self.workdir / "server.out"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process: ManagedProcess | None = None
         home = self.workdir / "home"
         home.mkdir()
         cookie = home / ".erlang.cookie"
@@ -250,18 +227,16 @@ class PrivateRabbitMQ:
         return f"amqp://guest:guest@{host}:{self.port}//"
 
     def start(self) -> None:
-        with open(self.logfile, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(RABBITMQ_SBIN / "rabbitmq-server")], env=self._env, cwd=self.workdir,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: beam and its helpers go with it
-            )  # fmt: skip
-        deadline = time.monotonic() + RABBITMQ_START_TIMEOUT_S
-        while not self._accepts_amqp():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._kill()
-                raise RuntimeError(f"private RabbitMQ {self.nodename} did not start:\n{self.log_tail()}")
-            time.sleep(0.2)
+        # Its own group (ManagedProcess): beam and its helpers go with it.
+        self._process = ManagedProcess(
+            f"private RabbitMQ {self.nodename}", [str(RABBITMQ_SBIN / "rabbitmq-server")], self.logfile,
+            env=self._env, cwd=self.workdir, append_log=True,
+        ).start()  # fmt: skip
+        try:
+            self._process.wait_ready(self._accepts_amqp, RABBITMQ_START_TIMEOUT_S, "accepting AMQP", 0.2)
+        except BaseException:
+            self._kill()
+            raise
 
     def _accepts_amqp(self) -> bool:
         if not port_open(self.port):
@@ -276,26 +251,23 @@ class PrivateRabbitMQ:
             return False
 
     def stop(self) -> None:
-        if self._proc is None:
+        """``rabbitmqctl stop`` (a clean shutdown), then SIGKILL of whatever is left of its group."""
+        if self._process is None:
             return
-        if self._proc.poll() is None:
+        if self._process.alive():
             try:
                 subprocess.run([str(RABBITMQ_SBIN / "rabbitmqctl"), "-n", self.nodename, "stop"],
                                env=self._env, capture_output=True, timeout=60)  # fmt: skip
-                self._proc.wait(30)
+                self._process.proc.wait(30)
             except subprocess.TimeoutExpired:
                 pass
         self._kill()
 
     def _kill(self) -> None:
-        if self._proc is None:
+        if self._process is None:
             return
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._proc.wait(10)
-        self._proc = None
+        self._process.kill_group(signal.SIGKILL)
+        self._process = None
         deadline = time.monotonic() + 10
         while port_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -3,7 +3,7 @@
 A ``Cluster`` owns a private PostgreSQL (migrated) and a private broker
 (RabbitMQ or Redis) on spare ports; nothing here touches the machine's shared
 services. Workers are real ``celery -A tasks.app worker`` subprocesses
-(tests.workers), producers are real ``Tracker`` processes (tests.faults.load),
+(devtools.workers), producers are real ``Tracker`` processes (devtools.faults.load),
 and ``reconcile`` counts, per tracked event, the rows stored and the dead
 letters.
 """
@@ -11,7 +11,6 @@ letters.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,8 +27,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from tests.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.workers import REPO_ROOT, Worker, celery_worker, wait_for
+from devtools.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
+from devtools.processes import ManagedProcess, child_env, wait_for
+from devtools.workers import Worker, celery_worker
 
 # Worker settings under fault: Redis redelivers an unacknowledged message after
 # 10 s instead of the production default, the retry backoff is capped at 5 s so
@@ -132,7 +132,7 @@ def open_write_transaction(database_url: str, application_name: str, timeout: fl
 
 
 class Load:
-    """A producer process (tests.faults.load) tracking a steady stream of events."""
+    """A producer process (devtools.faults.load) tracking a steady stream of events."""
 
     def __init__(
         self, workdir: Path, *, broker_url: str, queue: str, tenant: str, producer_id: str,
@@ -143,16 +143,13 @@ class Load:
         self.control.mkdir(parents=True, exist_ok=True)
         self.log_path = self.control / "producer.log"
         cmd = [
-            sys.executable, "-m", "tests.faults.load",
+            sys.executable, "-m", "devtools.faults.load",
             "--broker", broker_url, "--queue", queue, "--spool", str(spool), "--tenant", tenant,
             "--producer-id", producer_id, "--rate", str(rate), "--duration", str(duration),
             "--control", str(self.control), "--visibility-timeout", str(VISIBILITY_TIMEOUT_S),
         ]  # fmt: skip
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        self.process = ManagedProcess(f"producer {producer_id}", cmd, self.log_path, env=child_env(env)).start()
+        self.proc = self.process.proc
 
     def _read(self, name: str) -> dict[str, Any]:
         try:
@@ -164,10 +161,7 @@ class Load:
         return self._read("status.json")
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.process.log_tail(lines)
 
     def wait(self, timeout: float) -> dict[str, Any]:
         """Wait until the producer has tracked everything and flushed; its report."""
@@ -186,14 +180,12 @@ class Load:
         (self.control / "freeze").touch()
         wait_for(lambda: (self.control / "frozen").exists() or self.proc.poll() is not None, timeout,
                  lambda: f"producer {self.producer_id} never froze:\n{self.log_tail()}")  # fmt: skip
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        self.process.kill_group(signal.SIGKILL)
         return self._read("report.json")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.process.alive():
+            self.process.kill_group(signal.SIGKILL)
 
 
 class Cluster:
