@@ -3,7 +3,7 @@
 Errors an operator causes (cli.errors) end the command with one line saying
 what to do; ``--debug`` shows their traceback instead. With DATABASE_URL or
 CELERY_BROKER_URL unset, ``main`` uses the embedded services that ``./run``
-of this checkout is running, if any (demo.services' state file), and says so
+of this checkout is running, if any (demo.state), and says so
 in one line on stderr.
 """
 
@@ -27,7 +27,7 @@ from cli.partitions import partitions
 from cli.report import report_command
 from cli.rollups import rollups
 from config import get_settings
-from demo.services import STATE_FILE, StateFileError, running_services
+from demo.state import STATE_FILE, StateFileError, running_services
 from monitoring.escape import install_log_escaping
 
 PROG_NAME = "python -m cli"

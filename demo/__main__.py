@@ -34,7 +34,8 @@ from config import get_settings
 from demo.ai import FEATURES
 from demo.load import LoadSpec, run_load
 from demo.processes import ROOT, Processes
-from demo.services import DATA_DIR, Services, start_services
+from demo.services import Services, start_services
+from demo.state import DATA_DIR
 from models import AnalyticsEvent
 from producer import Tracker
 from storage.api_keys import create_key, revoke_named

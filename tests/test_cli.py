@@ -341,7 +341,7 @@ def dead_pid() -> int:
 
 
 def test_the_cli_uses_the_embedded_services_of_a_live_run(database_url: str, tmp_path: Path) -> None:
-    from demo.services import RunningServices, write_state
+    from demo.state import RunningServices, write_state
 
     tenant = f"state-{uuid.uuid4().hex[:6]}"
     created = CliRunner().invoke(cli, ["api-keys", "create", "--tenant", tenant])  # a mark of the test database
@@ -381,7 +381,8 @@ def test_start_services_names_what_runs_embedded_until_it_stops(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from config import get_settings
-    from demo.services import running_services, start_services
+    from demo.services import start_services
+    from demo.state import running_services
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
