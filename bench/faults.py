@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from config import DEFAULTS
 from devtools.faults.scenarios import DEFAULT_DURATION_S, DEFAULT_RATE, SCENARIOS, Options, Outcome, run_scenario
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # devtools.workers derives a worker's DATABASE_URL from ours before the scenario
     # replaces it with its private server's: any value will do.
-    os.environ.setdefault("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics")
+    os.environ.setdefault("DATABASE_URL", DEFAULTS.database_url)
     workdir = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     names = args.only or list(SCENARIOS)
     outcomes: list[Outcome] = []

@@ -29,8 +29,6 @@ from devtools.processes import REPO_ROOT, ManagedProcess, file_tail
 from devtools.workers import PROCFILE_POOL  # the Procfile's ingest worker (WORKER_POOL)
 
 READY_POLL_S = 0.05
-DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/analytics"
-DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 # --- environment ---------------------------------------------------------------
