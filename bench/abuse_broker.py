@@ -17,8 +17,9 @@ from bench.abuse_context import RAW_CONTROLS, AttackContext
 from bench.abuse_core import Judge, Verdict, attack
 from devtools.faults import malformed
 from storage.partitions import Month, months_ahead
+from tasks.names import INGEST_WRITE_BATCH, PARTITIONS_ENSURE_AHEAD, ROLLUPS_RUN
 
-INGEST_TASK = "ingest.write_batch"
+INGEST_TASK = INGEST_WRITE_BATCH
 ROW_PADDING_TO = 120  # user_id length of the rows of the over-bytes message (valid: under MAX_USER_ID_LEN)
 
 
@@ -98,7 +99,7 @@ def broker_non_json_body(ctx: AttackContext) -> Judge:
         "dead-lettered, not run (no rollup row written)")
 def broker_rollups_task(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_rollups_task")
-    ctx.send_task("rollups.run", task_id=f"{marker}{uuid.uuid4()}")
+    ctx.send_task(ROLLUPS_RUN, task_id=f"{marker}{uuid.uuid4()}")
     return dead_lettered(ctx, marker, no_effect=lambda: f"{n} rollup rows written" if (n := ctx.rollup_rows()) else "")
 
 
@@ -107,7 +108,7 @@ def broker_rollups_task(ctx: AttackContext) -> Judge:
 def broker_partitions_task(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_partitions_task")
     ahead = set(months_ahead(datetime.now(timezone.utc), ctx.settings.partition_months_ahead)) - ctx.months()
-    ctx.send_task("partitions.ensure_ahead", task_id=f"{marker}{uuid.uuid4()}")
+    ctx.send_task(PARTITIONS_ENSURE_AHEAD, task_id=f"{marker}{uuid.uuid4()}")
     return dead_lettered(ctx, marker, ahead)
 
 

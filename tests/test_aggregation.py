@@ -33,7 +33,10 @@ from devtools.events_db import blocked_inserts, count_events
 from devtools.messages import batch_publisher, make_message, wire_rows
 from devtools.processes import REPO_ROOT, wait_for
 from devtools.workers import Aggregator, aggregator, worker_env
+from schema import reasons
+from storage.dead_letters import SOURCE_QUEUE, SOURCE_WORKER
 from tasks.broker import ingest_queue
+from tasks.names import INGEST_WRITE_BATCH
 
 REDIS_URL = "redis://127.0.0.1:6379/10"  # only to show that it is refused
 SETTLE_TIMEOUT_S = 30
@@ -315,8 +318,8 @@ def test_bad_rows_are_dead_lettered_while_flush_mates_land(
 
     assert "too far in the future" in letter(far_future[0])[1]
     assert "input_tokens must not be negative" in letter(negative[0])[1]
-    assert "not an ingest message" in letter(not_ours)[1]
-    assert {source for source, _, _ in letters.values()} == {"worker"}
+    assert reasons.NOT_AN_INGEST_MESSAGE in letter(not_ours)[1]
+    assert {source for source, _, _ in letters.values()} == {SOURCE_WORKER}
     assert {attempts for _, _, attempts in letters.values()} == {1}
 
 
@@ -341,25 +344,25 @@ def test_foreign_messages_are_dead_lettered_and_the_rest_lands(
         raw(f"pickle? {marker}".encode(), content_type="application/x-python-serialize")
         raw(json.dumps({"hello": marker}).encode())
         task("somebody.elses_task", [[marker], {}, {}])
-        task("ingest.write_batch", [[marker, "two arguments"], {}, {}])
-        task("ingest.write_batch", [[good], {}, {}])  # protocol 2, as the producer sends it
+        task(INGEST_WRITE_BATCH, [[marker, "two arguments"], {}, {}])
+        task(INGEST_WRITE_BATCH, [[good], {}, {}])  # protocol 2, as the producer sends it
     protocol1 = make_message(wire_rows(tenant, 5))
     with Connection(broker_url) as conn:
         conn.Producer().publish(
-            {"task": "ingest.write_batch", "id": str(uuid.uuid4()), "args": [protocol1], "kwargs": {}},
+            {"task": INGEST_WRITE_BATCH, "id": str(uuid.uuid4()), "args": [protocol1], "kwargs": {}},
             routing_key=queue, declare=[ingest_queue(queue, dead_letter_exchange=True)], serializer="json",
         )  # fmt: skip
 
     settle(process, engine, tenant, 30, 30, SETTLE_TIMEOUT_S)
     wait_for(lambda: len(dead_letters_for(engine, marker)) >= 5, SETTLE_TIMEOUT_S, process.describe)
     rows = dead_letters_for(engine, marker)
-    reasons = " | ".join(reason for _, _, reason, _ in rows)
-    assert {source for _, source, _, _ in rows} == {"queue"}, rows
-    assert reasons.count("could not be decoded") == 2, reasons
-    assert "not a Celery task message" in reasons
-    assert "unknown task: 'somebody.elses_task'" in reasons
-    assert "invalid task message" in reasons
-    assert len(rows) == 5, reasons
+    found = " | ".join(reason for _, _, reason, _ in rows)
+    assert {source for _, source, _, _ in rows} == {SOURCE_QUEUE}, rows
+    assert found.count(reasons.COULD_NOT_DECODE) == 2, found
+    assert reasons.NOT_A_TASK_MESSAGE in found
+    assert reasons.unknown_task("somebody.elses_task") in found
+    assert reasons.INVALID_TASK_MESSAGE in found
+    assert len(rows) == 5, found
     assert count_events(engine, tenant) == (30, 30)
     assert process.alive()
     assert process.stop() == 0, process.describe()

@@ -38,6 +38,7 @@ from storage.dead_letters import Rejected
 from storage.events import store_batch
 from storage.writers import WRITERS
 from tasks.broker import ingest_queue
+from tasks.names import INGEST_WRITE_BATCH
 
 BROKERS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
@@ -162,7 +163,7 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
 
     with celery_worker(broker_url, queue, log_dir=tmp_path) as worker, Connection(broker_url) as conn:
         def send(argument: Any) -> None:
-            app.send_task("ingest.write_batch", args=[argument], queue=queue, connection=conn)
+            app.send_task(INGEST_WRITE_BATCH, args=[argument], queue=queue, connection=conn)
 
         # 1. Every kind of bad row, each between good ones, in one batch.
         rows: list[Any] = []

@@ -33,9 +33,12 @@ from devtools.processes import REPO_ROOT, wait_for
 from devtools.servers import RABBITMQ_SBIN, PrivatePostgres, PrivateRabbitMQ
 from devtools.workers import LoggedProcess, aggregator, celery_worker, describe
 from producer.publisher import BatchPublisher
+from schema import reasons
+from storage.dead_letters import SOURCE_QUEUE
 from tasks.broker import AMQP_CLASS, dead_queue_name, ingest_queue, requeue_dead
 from tasks.failures import caused_by_message
 from tasks.ingest import BACKOFF_MAX_EXPONENT, backoff_seconds
+from tasks.names import INGEST_WRITE_BATCH, PARTITIONS_APPLY_RETENTION, ROLLUPS_RUN
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_URL = "redis://127.0.0.1:6379/8"
@@ -89,11 +92,11 @@ def publish_raw(url: str, queue: str, body: bytes, *, content_type: str = "appli
         )  # fmt: skip
 
 
-def task_headers(name: str = "ingest.write_batch") -> dict[str, Any]:
+def task_headers(name: str = INGEST_WRITE_BATCH) -> dict[str, Any]:
     return {"task": name, "id": str(uuid.uuid4()), "lang": "py", "argsrepr": "", "kwargsrepr": ""}
 
 
-def publish_call(url: str, queue: str, args: list[Any], kwargs: dict[str, Any], task: str = "ingest.write_batch") -> None:
+def publish_call(url: str, queue: str, args: list[Any], kwargs: dict[str, Any], task: str = INGEST_WRITE_BATCH) -> None:
     """A protocol 2 task message, as any Celery client would send it."""
     publish_raw(url, queue, json.dumps([args, kwargs, {}]).encode(), headers=task_headers(task))
 
@@ -265,8 +268,8 @@ def test_other_tasks_and_wrong_calls_on_the_ingest_queue_are_dead_lettered_not_r
 ) -> None:
     marker = uuid.uuid4().hex
     with ingest() as process:
-        publish_call(broker, queue, [], {"marker": marker}, task="rollups.run")
-        publish_call(broker, queue, [], {"marker": marker}, task="partitions.apply_retention")
+        publish_call(broker, queue, [], {"marker": marker}, task=ROLLUPS_RUN)
+        publish_call(broker, queue, [], {"marker": marker}, task=PARTITIONS_APPLY_RETENTION)
         publish_call(broker, queue, [make_message(wire_rows(tenant, 2)), marker], {})  # two positional arguments
         publish_call(broker, queue, [], {"message": make_message(wire_rows(tenant, 2)), "marker": marker})  # unknown kwarg
         publish_call(broker, queue, [], {"batch": marker})  # kwargs only, wrong name
@@ -276,12 +279,12 @@ def test_other_tasks_and_wrong_calls_on_the_ingest_queue_are_dead_lettered_not_r
         time.sleep(1)
         log = process.log()
     rows = letters(engine, marker)
-    reasons = [reason for _, reason, _ in rows]
-    assert len(rows) == 5, reasons
-    assert {source for source, _, _ in rows} == {"queue"}
-    assert sum("unknown task: 'rollups.run'" in r for r in reasons) == 1, reasons
-    assert sum("unknown task: 'partitions.apply_retention'" in r for r in reasons) == 1, reasons
-    assert sum("takes one argument" in r for r in reasons) == 3, reasons
+    found = [reason for _, reason, _ in rows]
+    assert len(rows) == 5, found
+    assert {source for source, _, _ in rows} == {SOURCE_QUEUE}
+    assert sum(reasons.unknown_task(ROLLUPS_RUN) in r for r in found) == 1, found
+    assert sum(reasons.unknown_task(PARTITIONS_APPLY_RETENTION) in r for r in found) == 1, found
+    assert sum(r.startswith(reasons.INVALID_TASK_MESSAGE) and "takes one argument" in r for r in found) == 3, found
     assert "Task rollups.run" not in log and "rolled up" not in log, log[-3000:]
     assert stored(engine, tenant) == (3, 3)
 
@@ -301,9 +304,9 @@ def test_messages_over_the_row_or_byte_cap_are_dead_lettered_whole(
     assert stored(engine, f"{tenant}-rows") == (0, 0) and stored(engine, f"{tenant}-bytes") == (0, 0)
     by_reason = {reason: payload for _, reason, payload in letters(engine, f"{tenant}-")}
     assert len(by_reason) == 2, list(by_reason)
-    rows_reason = next(r for r in by_reason if "rows" in r and "INGEST_MAX_ROWS_PER_MESSAGE=50" in r)
+    rows_reason = next(r for r in by_reason if f"{reasons.TOO_MANY_ROWS}=50" in r)
     assert f"has {max_rows + 1} rows" in rows_reason
-    bytes_reason = next(r for r in by_reason if f"INGEST_MAX_MESSAGE_BYTES={max_bytes}" in r)
+    bytes_reason = next(r for r in by_reason if r.startswith(reasons.TOO_LARGE) and f"_BYTES={max_bytes}" in r)
     assert f"truncated to {max_bytes} bytes" in bytes_reason
     kept = json.loads(by_reason[bytes_reason])
     assert kept["body_truncated_from_bytes"] > max_bytes and len(kept["body"]) <= max_bytes
@@ -333,9 +336,9 @@ def test_nul_and_control_characters_are_dead_lettered_and_the_rest_lands(
         log = process.log()
     rows = letters(engine, marker)
     assert len(rows) == 4, rows
-    reasons = " | ".join(reason for _, reason, _ in rows)
-    assert "\x00" not in reasons and "\x1b" not in reasons
-    assert "\\x00" in reasons  # the NUL of the content type or task name, escaped
+    found = " | ".join(reason for _, reason, _ in rows)
+    assert "\x00" not in found and "\x1b" not in found
+    assert "\\x00" in found  # the NUL of the content type or task name, escaped
     # nothing loops: no message went back to the queue
     assert "goes back to the queue" not in log and "not stored" not in log, log[-3000:]
 

@@ -32,6 +32,7 @@ from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, check_timestam
 from storage import dead_letters
 from storage.events import Row, WriteResult, store_batch
 from storage.partitions import Month, PartitionPolicy, existing_months, list_partitions
+from tasks.names import INGEST_WRITE_BATCH
 
 UTC = timezone.utc
 DAY = timedelta(days=1)
@@ -255,7 +256,7 @@ def test_a_real_worker_acknowledges_a_1000_month_message_without_retrying_it(
     with celery_worker(url, queue, log_dir=tmp_path, env=env, stop_timeout=2) as worker, Connection(url) as conn:
         from tasks.app import app
 
-        app.send_task("ingest.write_batch", args=[message], queue=queue, connection=conn)
+        app.send_task(INGEST_WRITE_BATCH, args=[message], queue=queue, connection=conn)
         [outcome] = wait_for(lambda: worker.results() or None, WORKER_TIMEOUT_S, lambda: describe(worker))
         assert outcome == {"stored": GOOD_EVENTS + CAP, "duplicates": 0, "dead_lettered": ATTACK_MONTHS - CAP}
         time.sleep(1)  # a retry would have been logged by now

@@ -24,6 +24,7 @@ from storage.partitions import (
     list_partitions,
     run_retention,
 )
+from tasks.names import PARTITIONS_APPLY_RETENTION, PARTITIONS_ENSURE_AHEAD
 
 UTC = timezone.utc
 # Months no other test uses; the CLI works on the real "now", so these sit
@@ -117,13 +118,10 @@ def test_beat_schedule_survives_a_restart(tmp_path: Path) -> None:
     from tasks.app import app
 
     schedule = celeryconfig.build(Settings())["beat_schedule"]
-    assert {entry["task"] for entry in schedule.values()} >= {
-        "partitions.ensure_ahead",
-        "partitions.apply_retention",
-    }
+    assert {entry["task"] for entry in schedule.values()} >= {PARTITIONS_ENSURE_AHEAD, PARTITIONS_APPLY_RETENTION}
     assert all(entry["options"]["expires"] > 0 for entry in schedule.values())
     app.loader.import_default_modules()  # what a worker does at start
-    assert {"partitions.ensure_ahead", "partitions.apply_retention"} <= set(app.tasks)
+    assert {PARTITIONS_ENSURE_AHEAD, PARTITIONS_APPLY_RETENTION} <= set(app.tasks)
 
     filename = str(tmp_path / "celerybeat-schedule")
     ran_at = datetime.now(UTC) - celeryconfig.PARTITION_ENSURE_EVERY * 0.75
@@ -175,7 +173,7 @@ def test_beat_sends_ensure_ahead_as_soon_as_it_starts(tmp_path: Path) -> None:
         while not sent and time.monotonic() < deadline:
             sent = [json.loads(raw)["headers"]["task"] for raw in client.lrange(celeryconfig.MAINTENANCE_QUEUE, 0, -1)]
             time.sleep(0.2)
-        assert sent == ["partitions.ensure_ahead"]
+        assert sent == [PARTITIONS_ENSURE_AHEAD]
     finally:
         beat.terminate()
         beat.wait(10)

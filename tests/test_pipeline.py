@@ -25,6 +25,7 @@ from devtools.messages import batch_publisher, make_message, wire_rows
 from devtools.processes import wait_for
 from devtools.workers import PROCFILE_POOL, Worker, celery_worker, describe
 from producer import Tracker
+from schema import reasons
 
 VISIBILITY_TIMEOUT_S = 5
 WORKER_ENV = {"REDIS_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)}
@@ -370,5 +371,5 @@ def test_rejected_rows_are_dead_lettered_while_batch_mates_land(
     assert "input_tokens must not be negative" in reason, reason
     assert (attempts, source) == (1, "worker")
     reason, attempts, source = letter(not_ours)
-    assert "not an ingest message" in reason, reason
+    assert reasons.NOT_AN_INGEST_MESSAGE in reason, reason
     assert (attempts, source) == (1, "worker")

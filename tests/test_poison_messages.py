@@ -13,7 +13,10 @@ from sqlalchemy import Engine, text
 
 from devtools.processes import wait_for
 from devtools.workers import celery_worker, describe
+from schema import reasons
+from storage.dead_letters import SOURCE_QUEUE
 from tasks.broker import ingest_queue
+from tasks.names import INGEST_WRITE_BATCH
 
 BROKERS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
@@ -57,12 +60,12 @@ def test_foreign_messages_are_dead_lettered_and_the_worker_keeps_going(
         rows = wait_for(lambda: len(d := dead_letters_for(engine, marker)) >= 4 and d, 30,
                         lambda: describe(worker, dead_letters=dead_letters_for(engine, marker)))  # fmt: skip
         assert worker.alive(), describe(worker)
-        reasons = " | ".join(reason for _, reason in rows)
-        assert {source for source, _ in rows} == {"queue"}
-        assert "could not be decoded" in reasons
-        assert "unknown task" in reasons and "somebody.elses_task" in reasons
-        assert "not a Celery task message" in reasons
-        assert len(rows) == 4, reasons
+        found = " | ".join(reason for _, reason in rows)
+        assert {source for source, _ in rows} == {SOURCE_QUEUE}
+        assert reasons.COULD_NOT_DECODE in found
+        assert reasons.unknown_task("somebody.elses_task") in found
+        assert reasons.NOT_A_TASK_MESSAGE in found
+        assert len(rows) == 4, found
 
         # The queue is not blocked: a good batch behind the poison is stored.
         from tasks.app import app
@@ -74,7 +77,7 @@ def test_foreign_messages_are_dead_lettered_and_the_worker_keeps_going(
                                    "timestamp_us"],
                 "rows": [[event_id, tenant, "summarization", "u1", None, 1, 2, None, 5, "success", None,
                           time.time_ns() // 1000]]}  # fmt: skip
-        app.send_task("ingest.write_batch", args=[good], queue=queue, connection=conn)
+        app.send_task(INGEST_WRITE_BATCH, args=[good], queue=queue, connection=conn)
 
         def stored() -> int:
             with engine.connect() as c:

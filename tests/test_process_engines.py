@@ -28,6 +28,7 @@ from devtools.messages import make_message, wire_rows
 from devtools.processes import wait_for
 from devtools.workers import Worker, celery_worker, describe
 from tasks import resources
+from tasks.names import INGEST_WRITE_BATCH, PARTITIONS_ENSURE_AHEAD, ROLLUPS_RUN
 
 SETTLE_TIMEOUT_S = 30
 # A worker process that touched the database holds one pooled connection: the
@@ -81,13 +82,13 @@ def test_a_worker_process_holds_one_pool_for_every_task_and_its_consumer(
     marker = f"not-ingest-{uuid.uuid4().hex}"
     with celery_worker(broker_url, queue, log_dir=tmp_path, pool=pool, wrap=both_queues, stop_timeout=1.0) as worker:
         with Connection(broker_url) as conn:
-            app.send_task("ingest.write_batch", args=[make_message(wire_rows(tenant, 3))], queue=queue,
+            app.send_task(INGEST_WRITE_BATCH, args=[make_message(wire_rows(tenant, 3))], queue=queue,
                           connection=conn)  # fmt: skip
             wait_for(lambda: len(worker.results()) == 1, SETTLE_TIMEOUT_S, lambda: describe(worker))
             # On the ingest queue, another task is dead-lettered by the consumer (tasks.admission).
-            app.send_task("rollups.run", kwargs={"marker": marker}, queue=queue, connection=conn)
+            app.send_task(ROLLUPS_RUN, kwargs={"marker": marker}, queue=queue, connection=conn)
             wait_for(lambda: dead_lettered(engine, marker) == 1, SETTLE_TIMEOUT_S, lambda: describe(worker))
-            for task in ("rollups.run", "partitions.ensure_ahead"):
+            for task in (ROLLUPS_RUN, PARTITIONS_ENSURE_AHEAD):
                 app.send_task(task, queue=second_queue, connection=conn)
                 wait_for(lambda task=task: succeeded(worker, task), SETTLE_TIMEOUT_S, lambda: describe(worker))
         assert worker.results() == [{"stored": 3, "duplicates": 0, "dead_lettered": 0}]

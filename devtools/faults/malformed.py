@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from schema import reasons
 from schema.event import MAX_FEATURE_NAME_LEN, MAX_MODEL_LEN, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, WIRE_FIELDS
 
 TEN_YEARS_US = 10 * 365 * 86_400 * 1_000_000
@@ -111,15 +112,17 @@ class BadMessage:
 
 
 BAD_MESSAGES: list[BadMessage] = [
-    BadMessage("other version", lambda m: message([row(event(m, "u"))], version=2), "not an ingest message"),
-    BadMessage("version as a string", lambda m: message([row(event(m, "u"))], version="1"), "not an ingest message"),
+    BadMessage("other version", lambda m: message([row(event(m, "u"))], version=2), reasons.NOT_AN_INGEST_MESSAGE),
+    BadMessage("version as a string", lambda m: message([row(event(m, "u"))], version="1"),
+               reasons.NOT_AN_INGEST_MESSAGE),  # fmt: skip
     BadMessage("a field missing", lambda m: message([row(event(m, "u"))[:-1]], fields=list(WIRE_FIELDS[:-1])),
-               "must carry 'rows' and 'fields'"),  # fmt: skip
+               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
     BadMessage("an extra field", lambda m: message([[*row(event(m, "u")), 1]], fields=[*WIRE_FIELDS, "cost"]),
-               "must carry 'rows' and 'fields'"),  # fmt: skip
-    BadMessage("rows not a list", lambda m: {"v": 1, "fields": list(WIRE_FIELDS), "rows": m}, "must carry 'rows'"),
-    BadMessage("a bare string", lambda m: f"hello {m}", "not an ingest message"),
-    BadMessage("a list", lambda m: [m, 1, 2], "not an ingest message"),
+               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
+    BadMessage("rows not a list", lambda m: {"v": 1, "fields": list(WIRE_FIELDS), "rows": m},
+               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
+    BadMessage("a bare string", lambda m: f"hello {m}", reasons.NOT_AN_INGEST_MESSAGE),
+    BadMessage("a list", lambda m: [m, 1, 2], reasons.NOT_AN_INGEST_MESSAGE),
 ]
 
 
@@ -144,14 +147,14 @@ def _task_headers(task: str) -> Callable[[], dict[str, Any]]:
 
 
 RAW_BODIES: list[RawBody] = [
-    RawBody("not JSON", lambda m: f"{{broken json {m}".encode(), "application/json", "utf-8", "could not be decoded"),
+    RawBody("not JSON", lambda m: f"{{broken json {m}".encode(), "application/json", "utf-8", reasons.COULD_NOT_DECODE),
     RawBody("invalid UTF-8 bytes", lambda m: b"\xff\xfe\x00" + m.encode() + b"\xc3\x28", "application/json", "utf-8",
-            "could not be decoded"),  # fmt: skip
-    RawBody("plain text", lambda m: f"hello {m}".encode(), "text/plain", "utf-8", "could not be decoded"),
+            reasons.COULD_NOT_DECODE),  # fmt: skip
+    RawBody("plain text", lambda m: f"hello {m}".encode(), "text/plain", "utf-8", reasons.COULD_NOT_DECODE),
     RawBody("pickle", lambda m: f"pickle? {m}".encode(), "application/x-python-serialize", "binary",
-            "could not be decoded"),  # fmt: skip
+            reasons.COULD_NOT_DECODE),  # fmt: skip
     RawBody("JSON, not a task", lambda m: json.dumps({"hello": m}).encode(), "application/json", "utf-8",
-            "not a Celery task message"),  # fmt: skip
+            reasons.NOT_A_TASK_MESSAGE),  # fmt: skip
     RawBody("unknown task", lambda m: json.dumps([[m], {}, {}]).encode(), "application/json", "utf-8",
-            "unknown task", _task_headers("somebody.elses_task")),  # fmt: skip
+            reasons.UNKNOWN_TASK, _task_headers("somebody.elses_task")),  # fmt: skip
 ]

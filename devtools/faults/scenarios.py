@@ -29,6 +29,7 @@ from devtools.faults import malformed
 from devtools.faults.cluster import WORKER_SETTINGS, Cluster, Counts, count_log, open_write_transaction
 from devtools.faults.netns import Host, namespaces_available
 from devtools.workers import Worker, celery_worker
+from tasks.names import INGEST_WRITE_BATCH
 
 DEFAULT_RATE = 1500.0  # events per second
 DEFAULT_DURATION_S = 30.0
@@ -362,10 +363,10 @@ def bad_input(o: Options) -> Outcome:
             repeated = malformed.row(malformed.event(tenant, f"p0-{good}"))
             rows += [repeated, list(repeated)]
             good += 1
-            app.send_task("ingest.write_batch", args=[malformed.message(rows)], queue=cluster.queue, connection=conn)
-            app.send_task("ingest.write_batch", args=[malformed.message([])], queue=cluster.queue, connection=conn)
+            app.send_task(INGEST_WRITE_BATCH, args=[malformed.message(rows)], queue=cluster.queue, connection=conn)
+            app.send_task(INGEST_WRITE_BATCH, args=[malformed.message([])], queue=cluster.queue, connection=conn)
             for case_no, case in enumerate(malformed.BAD_MESSAGES):
-                app.send_task("ingest.write_batch", args=[case.make(f"{tenant}-{r}-{case_no}")],
+                app.send_task(INGEST_WRITE_BATCH, args=[case.make(f"{tenant}-{r}-{case_no}")],
                               queue=cluster.queue, connection=conn)  # fmt: skip
                 bad += 1
             for case_no, raw in enumerate(malformed.RAW_BODIES):
