@@ -62,6 +62,7 @@ from sqlalchemy import Engine, text
 
 from bench import harness
 from bench.harness import BenchEnv, Reconciliation, RowMonitor
+from devtools.processes import REPO_ROOT
 
 MODES = ("task", "aggregate")
 PROCESSES = 4
@@ -171,7 +172,7 @@ class ProducerProcess:
                        PRODUCER_FLUSH_INTERVAL_MS=str(args.interval_ms))  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                command, cwd=harness.REPO_ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                command, cwd=REPO_ROOT, env=environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, text=True, start_new_session=True,
             )  # fmt: skip
         self.report: dict[str, Any] | None = None
