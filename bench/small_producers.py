@@ -389,8 +389,9 @@ def verdict(results: dict[str, ModeResult]) -> str:
 def result_line(results: dict[str, ModeResult]) -> str:
     task, aggregate = results.get("task"), results.get("aggregate")
     recs = [r.reconciliation for r in results.values() if r.reconciliation is not None]
-    lost = sum(rec.lost for rec in recs) if len(recs) == len(MODES) else None
-    duplicated = sum(rec.duplicated for rec in recs) if len(recs) == len(MODES) else None
+    complete = bool(recs) and len(recs) == len(results)  # every mode that ran was reconciled
+    lost = sum(rec.lost for rec in recs) if complete else None
+    duplicated = sum(rec.duplicated for rec in recs) if complete else None
     return (
         f"RESULT task_eps={_fmt(task.eps if task else None, '.0f')}"
         f" aggregate_eps={_fmt(aggregate.eps if aggregate else None, '.0f')}"

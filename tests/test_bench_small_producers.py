@@ -27,6 +27,12 @@ def test_result_line_has_both_modes_and_sums_losses_over_them() -> None:
     }  # fmt: skip
 
 
+def test_result_line_of_one_mode_still_counts_its_losses() -> None:
+    values = parse_result(result_line({"aggregate": mode("aggregate", 2.0, 10, lost=1)}))
+    assert values["lost"] == 1.0 and values["duplicated"] == 0.0
+    assert values["task_eps"] != values["task_eps"]  # nan: the mode did not run
+
+
 def test_verdict_by_events_per_second_or_by_transactions_at_the_same_rate() -> None:
     task = mode("task", 3.0, 2_000)
     assert verdict({"task": task, "aggregate": mode("aggregate", 3.0 / WIN_EPS_RATIO, 10)}).startswith("aggregate wins")
