@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
+from schema import reasons
 from schema.event import WIRE_FIELDS, WIRE_VERSION
 from schema.message import decode_message
 from storage.db import make_engine, make_session_factory
@@ -117,7 +118,7 @@ def test_a_message_refused_whole_is_one_dead_letter_with_its_source(
     engine: Engine, tenant: str, settings: Settings
 ) -> None:
     """What the consumer commits for a raw message it will not run (source ``queue``)."""
-    flush = Flush.refused_whole({"body": f"not ours {tenant}"}, "unknown task: 'x'", SOURCE_QUEUE)
+    flush = Flush.refused_whole({"body": f"not ours {tenant}"}, reasons.unknown_task("x"), SOURCE_QUEUE)
     before = counted()
     result = commit_flush(make_session_factory(engine), flush, settings)
     assert (result.events, result.stored, result.dead_lettered, result.oldest) == (1, 0, 1, None)
@@ -126,7 +127,7 @@ def test_a_message_refused_whole_is_one_dead_letter_with_its_source(
         [(source, reason)] = conn.execute(
             text("SELECT source, reason FROM dead_letters WHERE payload LIKE :t"), {"t": f"%{tenant}%"}
         ).all()
-    assert (source, reason) == (SOURCE_QUEUE, "unknown task: 'x'")
+    assert (source, reason) == (SOURCE_QUEUE, reasons.unknown_task("x"))
 
 
 def test_joined_flushes_are_one_transaction(engine: Engine, tenant: str, settings: Settings) -> None:
