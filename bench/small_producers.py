@@ -49,6 +49,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     print(f"bench.small_producers run {env.run_id}: database {env.database_name}, queue {env.ingest_queue},"
-          f" writer {settings.ingest_writer!r}, logs in {env.workdir}; load average"
+          f" writer {settings.ingest_writer!r}, logs in {env.workdir} (kept on failure); load average"
           f" {' / '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)  # fmt: skip
     started = time.perf_counter()
     results: dict[str, ModeResult] = {}
@@ -509,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nruntime {time.perf_counter() - started:.1f}s; load average now"
           f" {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
     correct = len(results) == len(args.modes) and all(r.ok for r in results.values())
-    if not correct:
+    if correct:
+        shutil.rmtree(env.workdir, ignore_errors=True)  # worker and producer logs, kept only on failure
+    else:
         print(f"\nFAILED: a mode did not reconcile; logs in {env.workdir}", file=sys.stderr)
     print(result_line(results), flush=True)
     return 0 if correct else 1
