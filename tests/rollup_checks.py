@@ -18,13 +18,18 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from retry_policy import Backoff, call_with_retry
 from storage.db import make_session_factory
 from storage.events import Row
 from storage.flush import Flush, FlushResult, commit_flush
 from storage.histogram import RELATIVE_ERROR, LatencyHistogram
 from storage.partitions import Month, ensure_months
+from storage.sqlstate import sqlstate_in
 
 UTC = timezone.utc
+DEADLOCK = frozenset({"40P01"})  # deadlock_detected
+DEADLOCK_ATTEMPTS = 3
+DEADLOCK_BACKOFF = Backoff(base_s=0.01, cap_s=0.1)
 QUANTILES = (0.5, 0.95, 0.99)
 # Float noise on top of the histogram's stated error (bucket edges are computed with ln).
 EPSILON = 1e-9
@@ -70,8 +75,17 @@ def ingest_transaction(engine: Engine) -> Iterator[Session]:
 
 
 def ingest(engine: Engine, rows: list[Row]) -> FlushResult:
-    """What the ingest task does with one decoded message (storage.flush)."""
-    return commit_flush(make_session_factory(engine), Flush(rows=copy_rows(rows)), get_settings())
+    """What the ingest task does with one decoded message (storage.flush).
+
+    Like the task, a transaction PostgreSQL chose as a deadlock victim (two
+    writers storing the same events in another order) is rolled back whole and
+    run again; any other error propagates.
+    """
+    sessions = make_session_factory(engine)
+    return call_with_retry(
+        lambda: commit_flush(sessions, Flush(rows=copy_rows(rows)), get_settings()),
+        attempts=DEADLOCK_ATTEMPTS, retryable=sqlstate_in(DEADLOCK), backoff=DEADLOCK_BACKOFF,
+    )  # fmt: skip
 
 
 def ensure_months_for(engine: Engine, start: datetime, end: datetime) -> None:
