@@ -36,18 +36,25 @@ import uuid
 from array import array
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import Engine, text
 
 # Importing the attack modules registers their attacks (HTTP first, then the broker's).
-from bench import abuse_attacks, abuse_limits, abuse_broker  # noqa: F401, I001
-from bench import harness
+from bench import abuse_attacks, abuse_broker, abuse_limits, harness  # noqa: F401
 from bench.abuse_context import MARKER_PREFIX, AttackContext
 from bench.abuse_core import (
-    REGISTRY, Attack, AttackResult, Judge, Tally, attack_table, failed_to_run, figures, targets_table,
+    REGISTRY,
+    Attack,
+    AttackResult,
+    Judge,
+    Tally,
+    attack_table,
+    failed_to_run,
+    figures,
+    targets_table,
 )  # fmt: skip
 from bench.abuse_roles import RunRoles
 from bench.abuse_stack import ProcfileProcess, RssSampler, WebProcess, start_worker
@@ -88,7 +95,7 @@ class NormalCheck:
 def normal_load(n: int, rng: random.Random) -> list[dict[str, Any]]:
     """``track()`` arguments of ``n`` events of twenty tenants (the first is the victim), ids and times set."""
     events = generate_events(n, rng)
-    newest = datetime.now(timezone.utc)
+    newest = datetime.now(UTC)
     for item in events:
         if item["tenant_id"] == TENANTS[0]:
             item["tenant_id"] = VICTIM
@@ -227,8 +234,10 @@ def run(args: argparse.Namespace, engine: Engine, ctx: AttackContext, worker: ha
              f"partitions created by attacks: {', '.join(made[:NOTE_ITEMS]) or 'none'}"
              + (f" and {len(made) - NOTE_ITEMS} more" if len(made) > NOTE_ITEMS else ""),
              f"processes down at the end: {', '.join(down) or 'none'}"]  # fmt: skip
-    notes.append("web processes serving requests (RSS baseline -> peak, MB): " + ", ".join(
-        f"pid {pid} {ctx.rss.baseline[pid]:.1f} -> {ctx.rss.peak[pid]:.1f}" for pid in sorted(ctx.rss.peak)))
+    notes.append(
+        "web processes serving requests (RSS baseline -> peak, MB): "
+        + ", ".join(f"pid {pid} {ctx.rss.baseline[pid]:.1f} -> {ctx.rss.peak[pid]:.1f}" for pid in sorted(ctx.rss.peak))
+    )
     if ctx.rss.restarted:
         notes.append(f"web workers started again during the run: {sorted(ctx.rss.restarted)}")
     print("\n" + "\n".join(f"  {note}" for note in notes))
@@ -250,10 +259,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-url", help="broker (default: CELERY_BROKER_URL, else the settings default)")
     parser.add_argument("--database", default="analytics_bench_abuse", help="bench database, dropped and recreated")
     parser.add_argument("--seed", type=int, default=12, help="random seed of the normal load")
-    parser.add_argument("--roles", action="store_true",
-                        help="the web process and the worker connect as least-privilege roles made for the run")
-    parser.add_argument("--ingest-mode", choices=("task", "aggregate"), default="task",
-                        help="the worker's INGEST_MODE (default task, the Procfile's default)")
+    parser.add_argument(
+        "--roles",
+        action="store_true",
+        help="the web process and the worker connect as least-privilege roles made for the run",
+    )
+    parser.add_argument(
+        "--ingest-mode",
+        choices=("task", "aggregate"),
+        default="task",
+        help="the worker's INGEST_MODE (default task, the Procfile's default)",
+    )
     args = parser.parse_args(argv)
     args.events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     if args.database in ("analytics", "analytics_test", "postgres"):
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the stack and deleting the queue", file=sys.stderr, flush=True)
         return 130
-    except Exception:
+    except Exception:  # noqa: BLE001 - printed with the web log's tail, then a failing exit code
         traceback.print_exc()
         if web is not None:
             print(f"--- web log (tail)\n{web.log_tail()}", file=sys.stderr)

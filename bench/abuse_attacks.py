@@ -9,7 +9,7 @@ must land (a refusal never sinks its batch-mates).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -36,7 +36,7 @@ def at(moment: datetime) -> str:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def refused_with(ctx: AttackContext, status: int | None, expected: set[int], marker: str) -> Judge:
@@ -66,9 +66,11 @@ def rejected_per_event(ctx: AttackContext, name: str, bad: list[dict[str, Any]],
         stored, good_stored = ctx.rows(marker), ctx.rows(good)
         made = len(months & ctx.months())
         refused = response.status_code in PER_EVENT and rejected == len(bad) and stored == 0 and made == 0
-        happened = (f"HTTP {response.status_code}, {rejected}/{len(bad)} rejected"
-                    f" ({'; '.join(errors[:2]) or 'no error text'}); {stored} stored, good event stored: "
-                    f"{'yes' if good_stored else 'no'}" + (f"; {made} partition(s) created" if months else ""))
+        happened = (
+            f"HTTP {response.status_code}, {rejected}/{len(bad)} rejected"
+            f" ({'; '.join(errors[:2]) or 'no error text'}); {stored} stored, good event stored: "
+            f"{'yes' if good_stored else 'no'}" + (f"; {made} partition(s) created" if months else "")
+        )
         return Verdict(refused and good_stored == 1, happened, ctx.rows(marker) - ctx.rows(marker, ctx.attacker))
 
     return judge
@@ -88,12 +90,17 @@ def mid_month(month: Month) -> datetime:
 # --- who may write ---------------------------------------------------------------------------
 
 
-@attack("legacy_unauthenticated_write", "http", "POST /api/ai-feature/summarization naming the victim in the body",
-        "401/404/405, no event stored for the victim")
+@attack(
+    "legacy_unauthenticated_write",
+    "http",
+    "POST /api/ai-feature/summarization naming the victim in the body",
+    "401/404/405, no event stored for the victim",
+)
 def legacy_write(ctx: AttackContext) -> Judge:
     marker = ctx.marker("legacy_unauthenticated_write")
-    response = ctx.request("POST", "/api/ai-feature/summarization",
-                           json={"tenant_id": ctx.victim, "user_id": marker, "input": "hello"})
+    response = ctx.request(
+        "POST", "/api/ai-feature/summarization", json={"tenant_id": ctx.victim, "user_id": marker, "input": "hello"}
+    )
     return refused_with(ctx, response.status_code, {401, 404, 405}, marker)
 
 
@@ -171,29 +178,50 @@ def _huge(ctx: AttackContext, name: str, key: str | None, expected: set[int], **
     reset = answer.status is None and not answer.complete and ctx.web.alive()  # cut off early, status unread
     refused = ((answer.status in expected or reset) and answer.seconds <= QUICK_REFUSAL_S and not answer.complete
                and growth <= TARGET_MAX_WEB_RSS_GROWTH_MB)  # fmt: skip
-    happened = (f"HTTP {answer.status} after {answer.seconds:.1f}s, {answer.bytes_sent / 2**20:.1f} MB sent"
-                f"{' (whole body)' if answer.complete else ''}, web RSS growth {before:.1f} -> {growth:.1f} MB"
-                + (f"; {answer.error}" if answer.error else ""))
+    happened = (
+        f"HTTP {answer.status} after {answer.seconds:.1f}s, {answer.bytes_sent / 2**20:.1f} MB sent"
+        f"{' (whole body)' if answer.complete else ''}, web RSS growth {before:.1f} -> {growth:.1f} MB"
+        + (f"; {answer.error}" if answer.error else "")
+    )
     return lambda: Verdict(refused, happened)
 
 
-@attack("chunked_200mb_without_key", "http", "200 MB chunked POST /v1/events, no key",
-        "401 before the body is read, quickly, RSS bounded")
+@attack(
+    "chunked_200mb_without_key",
+    "http",
+    "200 MB chunked POST /v1/events, no key",
+    "401 before the body is read, quickly, RSS bounded",
+)
 def chunked_without_key(ctx: AttackContext) -> Judge:
     return _huge(ctx, "chunked_200mb_without_key", None, {401, 413}, chunked=True)
 
 
-@attack("chunked_200mb_with_key", "http", "200 MB chunked POST /v1/events with a key",
-        "413 once HTTP_MAX_BODY_BYTES is passed, quickly, RSS bounded")
+@attack(
+    "chunked_200mb_with_key",
+    "http",
+    "200 MB chunked POST /v1/events with a key",
+    "413 once HTTP_MAX_BODY_BYTES is passed, quickly, RSS bounded",
+)
 def chunked_with_key(ctx: AttackContext) -> Judge:
     return _huge(ctx, "chunked_200mb_with_key", ctx.attacker_key("chunked"), {413}, chunked=True)
 
 
-@attack("content_length_over_limit", "http", "Content-Length over HTTP_MAX_BODY_BYTES, body withheld",
-        "413 without waiting for the body")
+@attack(
+    "content_length_over_limit",
+    "http",
+    "Content-Length over HTTP_MAX_BODY_BYTES, body withheld",
+    "413 without waiting for the body",
+)
 def content_length_over_limit(ctx: AttackContext) -> Judge:
-    return _huge(ctx, "content_length_over_limit", ctx.attacker_key("length"), {413}, body_size=1024,
-                 chunked=False, declared_length=ctx.settings.http_max_body_bytes + 1)
+    return _huge(
+        ctx,
+        "content_length_over_limit",
+        ctx.attacker_key("length"),
+        {413},
+        body_size=1024,
+        chunked=False,
+        declared_length=ctx.settings.http_max_body_bytes + 1,
+    )
 
 
 @attack("batch_over_max_events", "http", "HTTP_MAX_BATCH_EVENTS + 1 events in one POST", "413, nothing stored")

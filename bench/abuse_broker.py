@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench.abuse_attacks import MONTHS, mid_month, outside_window_months
 from bench.abuse_context import RAW_CONTROLS, AttackContext
@@ -42,9 +42,12 @@ def dead_lettered(
         refused = letters > 0 and bool(reasons) and stored == 0 and made == 0 and not effect
         reason = reasons[0][:70].encode("unicode_escape").decode() if reasons else "none"
         parked = ctx.parked() if not letters else 0
-        happened = (f"{letters} dead letter(s) (reason: {reason}); {stored} row(s) stored"
-                    + (f"; {parked} message(s) parked on the queue's .dead" if parked else "")
-                    + (f"; {made} partition(s) created" if months else "") + (f"; {effect}" if effect else ""))
+        happened = (
+            f"{letters} dead letter(s) (reason: {reason}); {stored} row(s) stored"
+            + (f"; {parked} message(s) parked on the queue's .dead" if parked else "")
+            + (f"; {made} partition(s) created" if months else "")
+            + (f"; {effect}" if effect else "")
+        )
         return Verdict(refused, happened)
 
     return judge
@@ -54,8 +57,12 @@ def _rows(ctx: AttackContext, marker: str, n: int, pad_to: int = 0) -> list[list
     return [malformed.row(malformed.event(ctx.attacker, f"{marker}{i}".ljust(pad_to, "p"))) for i in range(n)]
 
 
-@attack("broker_nul_in_content_type", "broker", "a message whose content type holds NUL and ESC",
-        "dead-lettered with the reason, the queue keeps flowing")
+@attack(
+    "broker_nul_in_content_type",
+    "broker",
+    "a message whose content type holds NUL and ESC",
+    "dead-lettered with the reason, the queue keeps flowing",
+)
 def broker_nul_in_content_type(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_nul_in_content_type")
     ctx.publish_raw(f"{{broken {marker}".encode(), content_type="application/json\x00\x1b[2Jevil",
@@ -63,8 +70,12 @@ def broker_nul_in_content_type(ctx: AttackContext) -> Judge:
     return dead_lettered(ctx, marker)
 
 
-@attack("broker_control_chars_in_headers", "broker", "a message with NUL and control characters in its headers",
-        "dead-lettered with the reason, escaped in `cli dead-letters list`")
+@attack(
+    "broker_control_chars_in_headers",
+    "broker",
+    "a message with NUL and control characters in its headers",
+    "dead-lettered with the reason, escaped in `cli dead-letters list`",
+)
 def broker_control_chars_in_headers(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_control_chars_in_headers")
     headers = {**_task_headers(INGEST_TASK + "\x00\x1b[31m", marker), "x-evil\x07": "a\x00b\r\nFAKE LOG LINE"}
@@ -77,8 +88,12 @@ def broker_control_chars_in_headers(ctx: AttackContext) -> Judge:
     return dead_lettered(ctx, marker, no_effect=raw_in_listing)
 
 
-@attack("broker_nul_in_body", "broker", "an ingest task body with raw NUL and control bytes (not JSON)",
-        "dead-lettered with the reason")
+@attack(
+    "broker_nul_in_body",
+    "broker",
+    "an ingest task body with raw NUL and control bytes (not JSON)",
+    "dead-lettered with the reason",
+)
 def broker_nul_in_body(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_nul_in_body")
     body = json.dumps([[malformed.message(_rows(ctx, marker, 1))], {}, {}]).encode()
@@ -95,25 +110,37 @@ def broker_non_json_body(ctx: AttackContext) -> Judge:
     return dead_lettered(ctx, marker)
 
 
-@attack("broker_rollups_task", "broker", "a rollups.run task message on the ingest queue",
-        "dead-lettered, not run (no rollup row written)")
+@attack(
+    "broker_rollups_task",
+    "broker",
+    "a rollups.run task message on the ingest queue",
+    "dead-lettered, not run (no rollup row written)",
+)
 def broker_rollups_task(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_rollups_task")
     ctx.send_task(ROLLUPS_RUN, task_id=f"{marker}{uuid.uuid4()}")
     return dead_lettered(ctx, marker, no_effect=lambda: f"{n} rollup rows written" if (n := ctx.rollup_rows()) else "")
 
 
-@attack("broker_partitions_task", "broker", "a partitions.ensure_ahead task message on the ingest queue",
-        "dead-lettered, not run (no month ahead created)")
+@attack(
+    "broker_partitions_task",
+    "broker",
+    "a partitions.ensure_ahead task message on the ingest queue",
+    "dead-lettered, not run (no month ahead created)",
+)
 def broker_partitions_task(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_partitions_task")
-    ahead = set(months_ahead(datetime.now(timezone.utc), ctx.settings.partition_months_ahead)) - ctx.months()
+    ahead = set(months_ahead(datetime.now(UTC), ctx.settings.partition_months_ahead)) - ctx.months()
     ctx.send_task(PARTITIONS_ENSURE_AHEAD, task_id=f"{marker}{uuid.uuid4()}")
     return dead_lettered(ctx, marker, ahead)
 
 
-@attack("broker_write_batch_wrong_args", "broker", "ingest.write_batch with a surplus argument",
-        "dead-lettered, nothing stored")
+@attack(
+    "broker_write_batch_wrong_args",
+    "broker",
+    "ingest.write_batch with a surplus argument",
+    "dead-lettered, nothing stored",
+)
 def broker_write_batch_wrong_args(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_write_batch_wrong_args")
     ctx.send_task(INGEST_TASK, [malformed.message(_rows(ctx, marker, 3)), "surplus"], task_id=f"{marker}{uuid.uuid4()}")
@@ -138,15 +165,23 @@ def _over_cap(ctx: AttackContext, marker: str, rows: list[list[object]], reason_
     return named
 
 
-@attack("broker_rows_over_limit", "broker", "a message of INGEST_MAX_ROWS_PER_MESSAGE + 1 rows (under the byte cap)",
-        "dead-lettered whole, naming the row cap, nothing stored")
+@attack(
+    "broker_rows_over_limit",
+    "broker",
+    "a message of INGEST_MAX_ROWS_PER_MESSAGE + 1 rows (under the byte cap)",
+    "dead-lettered whole, naming the row cap, nothing stored",
+)
 def broker_rows_over_limit(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_rows_over_limit")
     return _over_cap(ctx, marker, _rows(ctx, marker, ctx.settings.ingest_max_rows_per_message + 1), "%row%")
 
 
-@attack("broker_bytes_over_limit", "broker", "a message over INGEST_MAX_MESSAGE_BYTES (rows under the row cap)",
-        "dead-lettered whole, naming the byte cap, nothing stored")
+@attack(
+    "broker_bytes_over_limit",
+    "broker",
+    "a message over INGEST_MAX_MESSAGE_BYTES (rows under the row cap)",
+    "dead-lettered whole, naming the byte cap, nothing stored",
+)
 def broker_bytes_over_limit(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_bytes_over_limit")
     row_bytes = len(json.dumps(_rows(ctx, marker, 1, ROW_PADDING_TO)[0]))
@@ -154,8 +189,12 @@ def broker_bytes_over_limit(ctx: AttackContext) -> Judge:
     return _over_cap(ctx, marker, _rows(ctx, marker, n, ROW_PADDING_TO), "%byte%")
 
 
-@attack("broker_1000_months", "broker", f"one message of {MONTHS} rows over {MONTHS} months outside the window",
-        "rows dead-lettered by the window, no partition created")
+@attack(
+    "broker_1000_months",
+    "broker",
+    f"one message of {MONTHS} rows over {MONTHS} months outside the window",
+    "rows dead-lettered by the window, no partition created",
+)
 def broker_1000_months(ctx: AttackContext) -> Judge:
     marker = ctx.marker("broker_1000_months")
     months = outside_window_months(ctx, MONTHS)

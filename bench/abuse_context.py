@@ -11,10 +11,10 @@ attack in its place. Every response goes through ``request``, which counts
 from __future__ import annotations
 
 import inspect
-import uuid
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -85,9 +85,10 @@ class AttackContext:
             return None
         with Session(self.engine) as session, session.begin():
             row, key = api_keys.create_key(session, name="abuse expired", tenant_id=self.attacker,
-                                           expires_at=datetime.now(timezone.utc) + timedelta(days=1))  # fmt: skip
-            session.execute(text("UPDATE api_keys SET expires_at = :at WHERE id = :id"),
-                            {"at": expired_at, "id": row.id})
+                                           expires_at=datetime.now(UTC) + timedelta(days=1))  # fmt: skip
+            session.execute(
+                text("UPDATE api_keys SET expires_at = :at WHERE id = :id"), {"at": expired_at, "id": row.id}
+            )
         return key
 
     # --- HTTP -------------------------------------------------------------------------

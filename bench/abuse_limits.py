@@ -5,13 +5,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 
 from bench.abuse_attacks import (
-    FLOOD_BEYOND_CAP, LONG, MONTHS, event, mid_month, now, outside_window_months, rejected_per_event,
+    FLOOD_BEYOND_CAP,
+    LONG,
+    MONTHS,
+    event,
+    mid_month,
+    now,
+    outside_window_months,
+    rejected_per_event,
 )  # fmt: skip
 from bench.abuse_context import RAW_CONTROLS, AttackContext
 from bench.abuse_core import Judge, Verdict, attack
@@ -27,13 +34,17 @@ EXTERNAL_ASSET = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["']?(?:https?
 
 @attack("timestamp_year_1", "http", "an event stamped 0001-01-01", "rejected per event, no partition")
 def timestamp_year_1(ctx: AttackContext) -> Judge:
-    moment = datetime(1, 1, 1, 12, tzinfo=timezone.utc)
+    moment = datetime(1, 1, 1, 12, tzinfo=UTC)
     return rejected_per_event(ctx, "timestamp_year_1", [event(ctx.marker("timestamp_year_1"),
                               timestamp=moment.isoformat())], [Month.of(moment)])  # fmt: skip
 
 
-@attack("timestamp_before_past_bound", "http", "an event older than EVENT_MAX_PAST_AGE_DAYS",
-        "rejected per event, no partition")
+@attack(
+    "timestamp_before_past_bound",
+    "http",
+    "an event older than EVENT_MAX_PAST_AGE_DAYS",
+    "rejected per event, no partition",
+)
 def timestamp_before_past_bound(ctx: AttackContext) -> Judge:
     moment = now() - timedelta(days=ctx.settings.event_max_past_age_days + 40)
     return rejected_per_event(ctx, "timestamp_before_past_bound", [event(ctx.marker("timestamp_before_past_bound"),
@@ -47,8 +58,12 @@ def far_future_timestamp(ctx: AttackContext) -> Judge:
                               timestamp=moment.isoformat())], [Month.of(moment)])  # fmt: skip
 
 
-@attack("batch_over_1000_months", "http", f"one batch of {MONTHS} events over {MONTHS} months outside the window",
-        "each rejected per event, no partition")
+@attack(
+    "batch_over_1000_months",
+    "http",
+    f"one batch of {MONTHS} events over {MONTHS} months outside the window",
+    "each rejected per event, no partition",
+)
 def batch_over_1000_months(ctx: AttackContext) -> Judge:
     marker = ctx.marker("batch_over_1000_months")
     months = outside_window_months(ctx, MONTHS - 1)  # one slot for the good event, within HTTP_MAX_BATCH_EVENTS
@@ -113,20 +128,31 @@ def top_users_huge_limit(ctx: AttackContext) -> Judge:
 
 @attack("dates_near_year_1", "http", "/series from 0001-01-01 to 0001-01-02", "422")
 def dates_near_year_1(ctx: AttackContext) -> Judge:
-    return _read_own(ctx, "dates_near_year_1", "series",
-                     {"start": "0001-01-01T00:00:00+00:00", "end": "0001-01-02T00:00:00+00:00"}, {422})
+    return _read_own(
+        ctx,
+        "dates_near_year_1",
+        "series",
+        {"start": "0001-01-01T00:00:00+00:00", "end": "0001-01-02T00:00:00+00:00"},
+        {422},
+    )
 
 
 @attack("dates_near_year_9999", "http", "/series from 9999-12-30 to 9999-12-31T23:59:59", "422")
 def dates_near_year_9999(ctx: AttackContext) -> Judge:
-    return _read_own(ctx, "dates_near_year_9999", "series",
-                     {"start": "9999-12-30T00:00:00+00:00", "end": "9999-12-31T23:59:59+00:00"}, {422})
+    return _read_own(
+        ctx,
+        "dates_near_year_9999",
+        "series",
+        {"start": "9999-12-30T00:00:00+00:00", "end": "9999-12-31T23:59:59+00:00"},
+        {422},
+    )
 
 
 @attack("repeated_query_parameter", "http", "/series?granularity=hour&granularity=day", "422 naming the parameter")
 def repeated_query_parameter(ctx: AttackContext) -> Judge:
-    return _read_own(ctx, "repeated_query_parameter", "series", [("granularity", "hour"), ("granularity", "day")],
-                     {422})
+    return _read_own(
+        ctx, "repeated_query_parameter", "series", [("granularity", "hour"), ("granularity", "day")], {422}
+    )
 
 
 # --- rate limits -----------------------------------------------------------------------------------------
@@ -146,16 +172,25 @@ def _burst(ctx: AttackContext, name: str, send: Any) -> Judge:
     return lambda: Verdict(refused, happened)
 
 
-@attack("rate_limit_burst_read", "http", f"{BURST_REQUESTS} GET /summary in a row with one key",
-        "429 with Retry-After beyond RATE_LIMIT_READ")
+@attack(
+    "rate_limit_burst_read",
+    "http",
+    f"{BURST_REQUESTS} GET /summary in a row with one key",
+    "429 with Retry-After beyond RATE_LIMIT_READ",
+)
 def rate_limit_burst_read(ctx: AttackContext) -> Judge:
     key = ctx.attacker_key("burst read")
-    return _burst(ctx, "rate_limit_burst_read",
-                  lambda i: ctx.request("GET", f"/api/tenants/{ctx.attacker}/summary", key))
+    return _burst(
+        ctx, "rate_limit_burst_read", lambda i: ctx.request("GET", f"/api/tenants/{ctx.attacker}/summary", key)
+    )
 
 
-@attack("rate_limit_burst_ingest", "http", f"{BURST_REQUESTS} POST /v1/events in a row with one key",
-        "429 with Retry-After beyond RATE_LIMIT_INGEST")
+@attack(
+    "rate_limit_burst_ingest",
+    "http",
+    f"{BURST_REQUESTS} POST /v1/events in a row with one key",
+    "429 with Retry-After beyond RATE_LIMIT_INGEST",
+)
 def rate_limit_burst_ingest(ctx: AttackContext) -> Judge:
     key, marker = ctx.attacker_key("burst ingest"), ctx.marker("rate_limit_burst_ingest")
     return _burst(ctx, "rate_limit_burst_ingest", lambda i: ctx.post_events(key, [event(f"{marker}{i}")]))
@@ -181,20 +216,32 @@ def _flood(ctx: AttackContext, name: str, column: str, cap: int) -> Judge:
     return judge
 
 
-@attack("feature_name_flood", "http", f"TENANT_MAX_FEATURES + {FLOOD_BEYOND_CAP} new feature names",
-        "the names beyond the cap dead-lettered with the reason")
+@attack(
+    "feature_name_flood",
+    "http",
+    f"TENANT_MAX_FEATURES + {FLOOD_BEYOND_CAP} new feature names",
+    "the names beyond the cap dead-lettered with the reason",
+)
 def feature_name_flood(ctx: AttackContext) -> Judge:
     return _flood(ctx, "feature_name_flood", "feature_name", ctx.settings.tenant_max_features)
 
 
-@attack("model_name_flood", "http", f"TENANT_MAX_MODELS + {FLOOD_BEYOND_CAP} new model names",
-        "the names beyond the cap dead-lettered with the reason")
+@attack(
+    "model_name_flood",
+    "http",
+    f"TENANT_MAX_MODELS + {FLOOD_BEYOND_CAP} new model names",
+    "the names beyond the cap dead-lettered with the reason",
+)
 def model_name_flood(ctx: AttackContext) -> Judge:
     return _flood(ctx, "model_name_flood", "model", ctx.settings.tenant_max_models)
 
 
-@attack("overlong_identifiers", "http", f"user_id, feature_name and model of {LONG:,} characters",
-        "rejected per event, naming the field")
+@attack(
+    "overlong_identifiers",
+    "http",
+    f"user_id, feature_name and model of {LONG:,} characters",
+    "rejected per event, naming the field",
+)
 def overlong_identifiers(ctx: AttackContext) -> Judge:
     marker = ctx.marker("overlong_identifiers")
     bad = [event(marker + "u" * LONG), event(f"{marker}f", feature_name="f" * LONG),
@@ -210,8 +257,12 @@ def nul_in_fields(ctx: AttackContext) -> Judge:
     return rejected_per_event(ctx, "nul_in_fields", bad)
 
 
-@attack("control_characters_in_fields", "http", "ESC sequences, CR/LF and BEL in user_id and feature_name",
-        "rejected per event, or stored as sent in the attacker's tenant only and escaped in `cli report`")
+@attack(
+    "control_characters_in_fields",
+    "http",
+    "ESC sequences, CR/LF and BEL in user_id and feature_name",
+    "rejected per event, or stored as sent in the attacker's tenant only and escaped in `cli report`",
+)
 def control_characters_in_fields(ctx: AttackContext) -> Judge:
     marker = ctx.marker("control_characters_in_fields")
     sent = [event(marker + "\x1b[2J\x1b[31mowned\r\nFAKE LOG LINE"), event(f"{marker}f", feature_name="ctl\x07\x08x")]

@@ -22,7 +22,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from bench import harness
 from bench.abuse_roles import RunRoles
 from devtools.processes import REPO_ROOT, ManagedProcess, child_env, children, http_ok, spare_port

@@ -121,8 +121,11 @@ def _publish_backlog(n: int, rng: random.Random) -> tuple[dict[str, int], int, f
             refused += track_events(tracker, chunk, array("q", bytes(8 * len(chunk))), tracked).refused
             done += len(chunk)
             stats = tracker.stats()
-            print(f"  [backlog] {time.perf_counter() - t0:6.1f}s  tracked {done:>9,}/{n:,}"
-                  f"  published {stats.published:,}", flush=True)
+            print(
+                f"  [backlog] {time.perf_counter() - t0:6.1f}s  tracked {done:>9,}/{n:,}"
+                f"  published {stats.published:,}",
+                flush=True,
+            )
         if not tracker.flush(timeout=PUBLISH_TIMEOUT_S):
             raise RuntimeError("the backlog was not published in time")
         refused = max(refused, tracker.stats().dropped_buffer_full)
@@ -144,8 +147,11 @@ def run_backlog(
     result = BacklogResult(events=n, writer=writer)
     sums, result.refused, result.publish_seconds = _publish_backlog(n, rng)
     result.queue_depth_before = harness.queue_depth(env.broker_url, env.ingest_queue)
-    print(f"  [backlog] published in {result.publish_seconds:.1f}s; queue depth {result.queue_depth_before}"
-          " messages; starting the worker", flush=True)
+    print(
+        f"  [backlog] published in {result.publish_seconds:.1f}s; queue depth {result.queue_depth_before}"
+        " messages; starting the worker",
+        flush=True,
+    )
     worker = Worker(env, "tasks.app", env.ingest_queue, concurrency, "backlog")
     sampler: RssSampler | None = None
     monitor: RowMonitor | None = None
@@ -175,8 +181,10 @@ def run_backlog(
         if monitor.error:
             raise monitor.error
         end = harness.cpu_snapshot()
-        groups = {"worker": harness.process_group(end, worker.pgid or 0),
-                  "postgres (bench db)": harness.bench_backend_pids(engine)}
+        groups = {
+            "worker": harness.process_group(end, worker.pgid or 0),
+            "postgres (bench db)": harness.bench_backend_pids(engine),
+        }
         _busy, cores = harness.cpu_breakdown(cpu_start, end, groups)
         result.foreign_cores = cores["other"] + cores["postgres other"]
         result.notes.append(harness.format_breakdown(cores))
@@ -200,9 +208,12 @@ def run_backlog(
     result.reconciliation = harness.reconcile(engine, n, sums)
     peak = "n/a" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.1f} MB"
     by_process = ", ".join(f"{name} {mb:.0f}" for name, mb in result.peak_processes.items())
-    result.notes.insert(0, f"drained {n:,} events in {result.drain_seconds or float('nan'):.1f}s"
-                           f" ({result.drain_eps or 0:,.0f} events/s); peak RSS {peak} ({by_process});"
-                           f" peak PSS {result.peak_pss_mb or 0:.1f} MB")
+    result.notes.insert(
+        0,
+        f"drained {n:,} events in {result.drain_seconds or float('nan'):.1f}s"
+        f" ({result.drain_eps or 0:,.0f} events/s); peak RSS {peak} ({by_process});"
+        f" peak PSS {result.peak_pss_mb or 0:.1f} MB",
+    )
     for note in result.notes:
         print(f"  [backlog] {note}", flush=True)
     return result

@@ -17,7 +17,7 @@ import io
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -49,7 +49,7 @@ def ceiling_mappings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     now_us = time.time_ns() // 1000
     stamps = [now_us + i for i in range(len(events))]  # one microsecond apart, in order
     mappings = []
-    for event, ts_us, event_id in zip(events, stamps, uuid7_hex_batch(stamps)):
+    for event, ts_us, event_id in zip(events, stamps, uuid7_hex_batch(stamps), strict=False):
         mapping = dict(event)
         mapping["event_id"] = uuid.UUID(hex=event_id)
         mapping["timestamp"] = us_to_timestamp(ts_us)
@@ -66,8 +66,7 @@ def run_ceiling(engine: Engine, events: list[dict[str, Any]]) -> PhaseResult:
     print(f"\n== ceiling: one raw COPY of {n:,} pre-built rows + commit (psycopg2 copy_expert)", flush=True)
     harness.truncate_events(engine)
     buffer = copy_buffer(ceiling_mappings(events))
-    print(f"  buffer built: {len(buffer.getvalue()) / 1e6:.1f} MB at {datetime.now(timezone.utc):%H:%M:%S}",
-          flush=True)
+    print(f"  buffer built: {len(buffer.getvalue()) / 1e6:.1f} MB at {datetime.now(UTC):%H:%M:%S}", flush=True)
     raw = engine.raw_connection()
     try:
         cpu_start = harness.cpu_snapshot()

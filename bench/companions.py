@@ -39,22 +39,30 @@ class Companion:
 
 COMPANIONS: dict[str, Companion] = {
     "rollups": Companion(
-        "rollups", "bench.rollups", ("--quick",),
+        "rollups",
+        "bench.rollups",
+        ("--quick",),
         "incremental rollup of 1M new events on a 20M-event table and again at 40M, and the per-feature"
         " summary of one tenant over 30 days from the rollups and from raw (issue 4)",
     ),
     "partitions": Companion(
-        "partitions", "bench.partitions", ("--rows", "1000000", "--runs", "11"),
+        "partitions",
+        "bench.partitions",
+        ("--rows", "1000000", "--runs", "11"),
         "the dashboard query over two months of 10M events in twelve monthly partitions against the same rows"
         " in one unpartitioned table (issue 3)",
     ),
     "faults": Companion(
-        "faults", "bench.faults", ("--duration", "10"),
+        "faults",
+        "bench.faults",
+        ("--duration", "10"),
         "seven fault scenarios under load on private servers (worker, database and broker killed or cut off,"
         " malformed messages), each reconciled event by event (issue 7)",
     ),
     "small_producers": Companion(
-        "small_producers", "bench.small_producers", ("--quick",),
+        "small_producers",
+        "bench.small_producers",
+        ("--quick",),
         "200 producers (real Trackers, 4 processes of 50) each flushing 10 events every 200 ms for 20 s, stored"
         " by the Celery worker (INGEST_MODE=task) and by the aggregator (INGEST_MODE=aggregate), each reconciled;"
         " events/s from the first track() to the last commit, transactions/s from pg_stat_database",
@@ -80,7 +88,7 @@ class CompanionResult:
 
 def parse_result(line: str) -> dict[str, float]:
     """``RESULT a=1 b=2.5`` -> ``{"a": 1.0, "b": 2.5}``."""
-    pairs = (item.split("=", 1) for item in line[len(RESULT_PREFIX):].split())
+    pairs = (item.split("=", 1) for item in line[len(RESULT_PREFIX) :].split())
     return {key: float(value) for key, value in pairs}
 
 
@@ -93,7 +101,11 @@ def run_companion(companion: Companion, quick: bool, environ: Mapping[str, str])
     started = time.perf_counter()
     # Same process group: Ctrl-C reaches the child too, and its own cleanup runs.
     child = subprocess.Popen(
-        command, cwd=harness.REPO_ROOT, env=dict(environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        command,
+        cwd=harness.REPO_ROOT,
+        env=dict(environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:
@@ -101,7 +113,7 @@ def run_companion(companion: Companion, quick: bool, environ: Mapping[str, str])
         for line in child.stdout:
             line = line.rstrip("\n")
             print(f"  [{companion.name}] {line}", flush=True)
-            result.tail = [*result.tail[-(OUTPUT_TAIL_LINES - 1):], line]
+            result.tail = [*result.tail[-(OUTPUT_TAIL_LINES - 1) :], line]
             if line.startswith(RESULT_PREFIX):
                 result.figures, result.result_line = parse_result(line), line
         result.returncode = child.wait()

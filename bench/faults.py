@@ -38,8 +38,10 @@ def table(outcomes: list[Outcome]) -> str:
          o.counts.duplicated, f"{o.seconds:.0f}", "pass" if o.passed else "FAIL")
         for o in outcomes
     ]  # fmt: skip
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)) for line in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

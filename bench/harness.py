@@ -8,6 +8,7 @@ pool child never outlives the run, even after Ctrl-C or an exception.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,9 +50,7 @@ class BenchEnv:
         return make_url(self.database_url).database or ""
 
 
-def configure_environment(
-    broker_url: str | None, database_name: str, writer: str | None = None
-) -> BenchEnv:
+def configure_environment(broker_url: str | None, database_name: str, writer: str | None = None) -> BenchEnv:
     """Point this process and its worker subprocesses at the bench database and queues.
 
     Must run before anything calls ``config.get_settings()``; the settings cache
@@ -61,9 +60,7 @@ def configure_environment(
 
     run_id = uuid.uuid4().hex[:8]
     base = make_url(os.environ.get("DATABASE_URL") or Settings.model_fields["database_url"].default)
-    broker = broker_url or os.environ.get("CELERY_BROKER_URL") or Settings.model_fields[
-        "celery_broker_url"
-    ].default
+    broker = broker_url or os.environ.get("CELERY_BROKER_URL") or Settings.model_fields["celery_broker_url"].default
     env = BenchEnv(
         run_id=run_id,
         broker_url=broker,
@@ -126,14 +123,18 @@ def truncate_events(engine: Engine) -> None:
     """Empty every table of the bench database but alembic_version (events, dead
     letters, and whatever bookkeeping later revisions add), between phases."""
     with engine.begin() as conn:
-        tables = conn.execute(
-            text(
-                "SELECT quote_ident(c.relname) FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
-                " AND NOT c.relispartition AND c.relname <> 'alembic_version'"
+        tables = (
+            conn.execute(
+                text(
+                    "SELECT quote_ident(c.relname) FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+                    " AND NOT c.relispartition AND c.relname <> 'alembic_version'"
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         conn.execute(text(f"TRUNCATE {', '.join(tables)}"))
 
 
@@ -472,10 +473,8 @@ def delete_queues(broker_url: str, queues: list[str]) -> list[str]:
 
 
 def _close_quietly(channel: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # closing is best effort: the broker may be gone
         channel.close()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def median(values: Any) -> float:
@@ -538,16 +537,10 @@ def cpu_snapshot() -> CpuSnapshot:
 def bench_backend_pids(engine: Engine) -> set[int]:
     """PostgreSQL backends connected to the bench database (the worker's and ours)."""
     with engine.connect() as conn:
-        return set(
-            conn.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
-            ).scalars()
-        )
+        return set(conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars())
 
 
-def cpu_breakdown(
-    start: CpuSnapshot, end: CpuSnapshot, groups: dict[str, set[int]]
-) -> tuple[float, dict[str, float]]:
+def cpu_breakdown(start: CpuSnapshot, end: CpuSnapshot, groups: dict[str, set[int]]) -> tuple[float, dict[str, float]]:
     """Cores used per group of pids between two snapshots, plus 'broker', 'other' and 'idle'.
 
     A pid in no group (and not a broker) counts as 'other', as does the CPU of
@@ -571,14 +564,12 @@ def cpu_breakdown(
         claimed |= pids
         cores[name] = ticks / _CLK_TCK / seconds
         accounted += ticks
-    broker = sum(used(pid) for pid, info in end.procs.items()
-                 if info.comm in BROKER_COMMANDS and pid not in claimed)
+    broker = sum(used(pid) for pid, info in end.procs.items() if info.comm in BROKER_COMMANDS and pid not in claimed)
     cores["broker"] = broker / _CLK_TCK / seconds
     accounted += broker
     # Other databases' backends and the server's background processes (WAL
     # writer, checkpointer, autovacuum): partly ours, partly other users'.
-    postgres = sum(used(pid) for pid, info in end.procs.items()
-                   if info.comm == "postgres" and pid not in claimed)
+    postgres = sum(used(pid) for pid, info in end.procs.items() if info.comm == "postgres" and pid not in claimed)
     cores["postgres other"] = postgres / _CLK_TCK / seconds
     accounted += postgres
     busy = end.busy_ticks - start.busy_ticks

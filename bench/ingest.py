@@ -46,7 +46,7 @@ import traceback
 import uuid
 from array import array
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bench import harness
@@ -174,7 +174,7 @@ def run_naive(env: BenchEnv, engine: Any, n: int, rng: random.Random) -> PhaseRe
             session.add(
                 AnalyticsEvent(
                     event_id=uuid.uuid4(),
-                    timestamp=datetime.now(timezone.utc),
+                    timestamp=datetime.now(UTC),
                     tokens_used=event["input_tokens"] + event["output_tokens"],
                     **event,
                     **extras,
@@ -198,9 +198,7 @@ def run_naive(env: BenchEnv, engine: Any, n: int, rng: random.Random) -> PhaseRe
 # --- phase 2: one Celery task per event -------------------------------------------------
 
 
-def run_per_event(
-    env: BenchEnv, engine: Any, n: int, concurrency: int, rng: random.Random
-) -> PhaseResult:
+def run_per_event(env: BenchEnv, engine: Any, n: int, concurrency: int, rng: random.Random) -> PhaseResult:
     from bench.per_event import insert_one
 
     print(
@@ -270,9 +268,7 @@ class TrackingRun:
     backpressure_sleeps: int = 0
 
 
-def track_events(
-    tracker: Any, events: list[dict[str, Any]], durations: array, tracked: list[int]
-) -> TrackingRun:
+def track_events(tracker: Any, events: list[dict[str, Any]], durations: array, tracked: list[int]) -> TrackingRun:
     """``track()`` every event as fast as the producer takes them, timing each call.
 
     The loop applies backpressure itself (sleeps while more than
@@ -338,9 +334,8 @@ def run_pipeline(
 
         def status() -> str:
             stats = tracker.stats()
-            return (
-                f"tracked {tracked[0]:,}  buffered {stats.buffered:,}  published {stats.published:,}"
-                + ("" if worker.alive() else "  WORKER DIED")
+            return f"tracked {tracked[0]:,}  buffered {stats.buffered:,}  published {stats.published:,}" + (
+                "" if worker.alive() else "  WORKER DIED"
             )
 
         cpu_start = harness.cpu_snapshot()
@@ -450,54 +445,96 @@ def report(results: dict[str, PhaseResult], concurrency: int, env: BenchEnv) -> 
     ))  # fmt: skip
     if pipeline and not sustained:
         rows[-1] = (*rows[-1][:3], f"{'ok' if p_eps and p_eps >= TARGET_PIPELINE_EPS else 'low'} (short run)")
-    rows.append(("pipeline / naive", _fmt(speedup, ".1f") + "x" if speedup else "n/a",
-                 f">= {TARGET_SPEEDUP}x", _verdict(None if speedup is None else speedup >= TARGET_SPEEDUP)))
+    rows.append(
+        (
+            "pipeline / naive",
+            _fmt(speedup, ".1f") + "x" if speedup else "n/a",
+            f">= {TARGET_SPEEDUP}x",
+            _verdict(None if speedup is None else speedup >= TARGET_SPEEDUP),
+        )
+    )
     rows.append(("naive_eps", _fmt(n_eps), "baseline (DESIGN: ~900)", "-"))
-    rows.append(("per_event_celery_eps", _fmt(per_event.eps if per_event else None),
-                 "baseline (DESIGN: 700-2,600)", "-"))
+    rows.append(
+        ("per_event_celery_eps", _fmt(per_event.eps if per_event else None), "baseline (DESIGN: 700-2,600)", "-")
+    )
     track_us = pipeline.call_us_median if pipeline else None
-    rows.append(("track_us (median)", _fmt(track_us, ".2f"), f"<= {TARGET_TRACK_US:g}",
-                 _verdict(None if track_us is None else track_us <= TARGET_TRACK_US)))
+    rows.append(
+        (
+            "track_us (median)",
+            _fmt(track_us, ".2f"),
+            f"<= {TARGET_TRACK_US:g}",
+            _verdict(None if track_us is None else track_us <= TARGET_TRACK_US),
+        )
+    )
     apply_us = per_event.call_us_median if per_event else None
     rows.append(("apply_async_us (median)", _fmt(apply_us, ".0f"), "baseline (DESIGN: 500-900)", "-"))
-    rows.append(("lost (pipeline)", _fmt(rec.lost if rec else None, "d"), "0",
-                 _verdict(None if rec is None else rec.lost == 0)))
-    rows.append(("duplicated (pipeline)", _fmt(rec.duplicated if rec else None, "d"), "0",
-                 _verdict(None if rec is None else rec.duplicated == 0)))
+    rows.append(
+        ("lost (pipeline)", _fmt(rec.lost if rec else None, "d"), "0", _verdict(None if rec is None else rec.lost == 0))
+    )
+    rows.append(
+        (
+            "duplicated (pipeline)",
+            _fmt(rec.duplicated if rec else None, "d"),
+            "0",
+            _verdict(None if rec is None else rec.duplicated == 0),
+        )
+    )
 
     from config import get_settings
 
     writer = getattr(get_settings(), "ingest_writer", "bulk")
-    print(f"\n== results (pipeline worker concurrency {concurrency}, writer {writer}, broker"
-          f" {_broker_name(env.broker_url)}, database {env.database_name})")
+    print(
+        f"\n== results (pipeline worker concurrency {concurrency}, writer {writer}, broker"
+        f" {_broker_name(env.broker_url)}, database {env.database_name})"
+    )
     widths = (24, 12, 44, 16)
     header = ("figure", "measured", "target / baseline", "verdict")
-    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
     print("  " + "  ".join("-" * w for w in widths))
     for row in rows:
-        print("  " + row[0].ljust(widths[0]) + "  " + row[1].rjust(widths[1]) + "  "
-              + row[2].ljust(widths[2]) + "  " + row[3])
+        print(
+            "  "
+            + row[0].ljust(widths[0])
+            + "  "
+            + row[1].rjust(widths[1])
+            + "  "
+            + row[2].ljust(widths[2])
+            + "  "
+            + row[3]
+        )
 
     print("\n== reconciliation (per phase: sent vs stored)")
     cols = ("phase", "sent", "rows", "distinct ids", "lost", "duplicated", "dead letters", "sums", "seconds")
     cw = (18, 9, 9, 12, 6, 10, 12, 6, 8)
-    print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, cw))))
+    print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, cw, strict=False))))
     correct = True
     for phase in results.values():
         r = phase.reconciliation
         if r is None:
             continue
         correct &= r.ok and phase.seconds is not None and not phase.refused
-        values = (phase.name, f"{r.sent:,}", f"{r.rows:,}", f"{r.distinct_ids:,}", str(r.lost),
-                  str(r.duplicated), str(r.dead_letters), "ok" if r.content_ok else "DIFF",
-                  _fmt(phase.seconds, ".2f"))
-        print("  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, cw))))
+        values = (
+            phase.name,
+            f"{r.sent:,}",
+            f"{r.rows:,}",
+            f"{r.distinct_ids:,}",
+            str(r.lost),
+            str(r.duplicated),
+            str(r.dead_letters),
+            "ok" if r.content_ok else "DIFF",
+            _fmt(phase.seconds, ".2f"),
+        )
+        print(
+            "  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, cw, strict=False)))
+        )
     noisy = [(p.name, p.foreign_cores) for p in results.values() if p.foreign_cores >= NOISY_CORES]
     if noisy:
-        print("\n  WARNING: processes outside this run used CPU during "
-              + ", ".join(f"{name} ({cores:.2f} cores on average)" for name, cores in noisy)
-              + f" of the {os.cpu_count()} the run measures; its figures understate what this"
-              " machine does when it runs only this system.")
+        print(
+            "\n  WARNING: processes outside this run used CPU during "
+            + ", ".join(f"{name} ({cores:.2f} cores on average)" for name, cores in noisy)
+            + f" of the {os.cpu_count()} the run measures; its figures understate what this"
+            " machine does when it runs only this system."
+        )
     targets_met = all(row[3] in ("PASS", "-") for row in rows)
     return correct, targets_met
 
@@ -532,25 +569,48 @@ def result_line(results: dict[str, PhaseResult]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker-url", default=None,
-                        help="broker (default: CELERY_BROKER_URL, else the settings default, RabbitMQ)")
-    parser.add_argument("--events", type=int, default=None,
-                        help=f"pipeline events (default {FULL['events']:,}; --quick: {QUICK['events']:,})")
-    parser.add_argument("--naive-events", type=int, default=None,
-                        help=f"naive-path events (default {FULL['naive']:,}; --quick: {QUICK['naive']:,})")
-    parser.add_argument("--per-event-events", type=int, default=None,
-                        help=f"per-event Celery events (default {FULL['per_event']:,};"
-                             f" --quick: {QUICK['per_event']:,})")
+    parser.add_argument(
+        "--broker-url", default=None, help="broker (default: CELERY_BROKER_URL, else the settings default, RabbitMQ)"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help=f"pipeline events (default {FULL['events']:,}; --quick: {QUICK['events']:,})",
+    )
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=None,
+        help=f"naive-path events (default {FULL['naive']:,}; --quick: {QUICK['naive']:,})",
+    )
+    parser.add_argument(
+        "--per-event-events",
+        type=int,
+        default=None,
+        help=f"per-event Celery events (default {FULL['per_event']:,}; --quick: {QUICK['per_event']:,})",
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run for CI")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help=f"pipeline worker pool size (default {DEFAULT_CONCURRENCY}; the per-event worker: {PER_EVENT_CONCURRENCY})")
-    parser.add_argument("--writer", default=None,
-                        help="INGEST_WRITER of the pipeline worker, if the project has that setting"
-                             " (default: the environment's, else the project's default)")
-    parser.add_argument("--phases", default="naive,per_event,pipeline",
-                        help="comma-separated subset of naive,per_event,pipeline")
-    parser.add_argument("--database", default="analytics_bench",
-                        help="bench database name, dropped and recreated (default analytics_bench)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"pipeline worker pool size (default {DEFAULT_CONCURRENCY}; the per-event worker: {PER_EVENT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--writer",
+        default=None,
+        help="INGEST_WRITER of the pipeline worker, if the project has that setting"
+        " (default: the environment's, else the project's default)",
+    )
+    parser.add_argument(
+        "--phases", default="naive,per_event,pipeline", help="comma-separated subset of naive,per_event,pipeline"
+    )
+    parser.add_argument(
+        "--database",
+        default="analytics_bench",
+        help="bench database name, dropped and recreated (default analytics_bench)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed of the workload")
     parser.add_argument("--strict", action="store_true", help="exit 2 if a performance target is missed")
     args = parser.parse_args(argv)
@@ -578,9 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         f" queues {env.ingest_queue} / {env.per_event_queue}, worker logs in {env.workdir}",
         flush=True,
     )
-    print(f"machine: {os.cpu_count()} CPUs, load average {_load()} before the run"
-          " (anything else running competes with the co-located producer, broker, worker and database)",
-          flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {_load()} before the run"
+        " (anything else running competes with the co-located producer, broker, worker and database)",
+        flush=True,
+    )
     results: dict[str, PhaseResult] = {}
     engine = None
     failed = True
@@ -597,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; stopping workers and deleting queues", file=sys.stderr, flush=True)
         return 130
-    except Exception:
+    except Exception:  # noqa: BLE001 - printed with the workers' log tails, then a failing exit code
         traceback.print_exc()
         for worker_log in sorted(env.workdir.glob("*.log")):
             print(f"--- {worker_log.name} (tail)", file=sys.stderr)
@@ -614,8 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         logs = ""
     else:
         logs = f"; worker logs in {env.workdir}"
-    print(f"\nruntime {time.perf_counter() - started:.1f}s (load average {_load()} now);"
-          f" bench database {env.database_name} left for inspection{logs}")
+    print(
+        f"\nruntime {time.perf_counter() - started:.1f}s (load average {_load()} now);"
+        f" bench database {env.database_name} left for inspection{logs}"
+    )
     print(result_line(results), flush=True)
     if not correct:
         return 1

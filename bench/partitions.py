@@ -25,7 +25,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def recreate_database(url: str) -> None:
 
 def loaded_months(months: int) -> list[Month]:
     """The ``months`` complete months before the current one, oldest first."""
-    last = Month.of(datetime.now(timezone.utc)).shift(-1)
+    last = Month.of(datetime.now(UTC)).shift(-1)
     return [last.shift(-i) for i in reversed(range(months))]
 
 
@@ -159,7 +159,7 @@ def load(engine: Engine, rows: int, months: list[Month], tenants: int) -> None:
     per_month = [rows // len(months) + (1 if i < rows % len(months) else 0) for i in range(len(months))]
     started = time.perf_counter()
     done = 0
-    for index, (month, n) in enumerate(zip(months, per_month)):
+    for index, (month, n) in enumerate(zip(months, per_month, strict=False)):
         t0 = time.perf_counter()
         with engine.begin() as conn:
             seed = RANDOM_SEED * (index + 1) / len(months)  # setseed wants -1..1
@@ -226,13 +226,9 @@ def row_count(engine: Engine, table: str) -> int:
 # --- measuring -------------------------------------------------------------------
 
 
-def _plan_nodes(
-    conn: Connection, table: str, params: dict[str, Any], options: str
-) -> list[dict[str, Any]]:
+def _plan_nodes(conn: Connection, table: str, params: dict[str, Any], options: str) -> list[dict[str, Any]]:
     """Every node of the dashboard query's plan, flattened."""
-    plan = conn.execute(
-        text(f"EXPLAIN ({options}, FORMAT JSON) " + dashboard_sql(table).text), params
-    ).scalar_one()
+    plan = conn.execute(text(f"EXPLAIN ({options}, FORMAT JSON) " + dashboard_sql(table).text), params).scalar_one()
     nodes: list[dict[str, Any]] = []
     stack = [plan[0]["Plan"]]
     while stack:
@@ -283,16 +279,12 @@ def measure(engine: Engine, params: dict[str, Any], runs: int) -> dict[str, list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.partitions", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.partitions", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="events to load")
     parser.add_argument("--months", type=int, default=DEFAULT_MONTHS, help="months to spread them over")
     parser.add_argument("--tenants", type=int, default=DEFAULT_TENANTS, help="distinct tenants")
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed runs per table")
-    parser.add_argument(
-        "--reuse", action="store_true", help="keep an earlier run's data if it has --rows rows"
-    )
+    parser.add_argument("--reuse", action="store_true", help="keep an earlier run's data if it has --rows rows")
     args = parser.parse_args(argv)
     if args.months < QUERIED_MONTHS or args.rows < args.months or args.runs < 1:
         parser.error(f"need --months >= {QUERIED_MONTHS}, --rows >= --months and --runs >= 1")
@@ -353,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         f"partitioned {verdict} the target (<= {TARGET_MS:.0f} ms and below unpartitioned);"
         f" total {time.perf_counter() - started:.0f}s"
     )
-    print(
-        f"RESULT partitions_scanned={len(scanned)} partitioned_ms={partitioned:.1f}"
-        f" unpartitioned_ms={flat:.1f}"
-    )
+    print(f"RESULT partitions_scanned={len(scanned)} partitioned_ms={partitioned:.1f} unpartitioned_ms={flat:.1f}")
     return 0
 
 

@@ -9,6 +9,7 @@ anything else running shows in every figure.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 from dataclasses import dataclass
@@ -144,27 +145,71 @@ def targets(suite: SuiteResult) -> list[Figure]:
         return None if value is None else ok
 
     return [
-        Figure("copy_eps", copy, _fmt(copy), f">= {TARGET_COPY_EPS:,} (design notes: ~{BASELINE_COPY_EPS:,})",
-               check(copy, (copy or 0) >= TARGET_COPY_EPS)),
-        Figure("copy / ceiling", share, _fmt(share and 100 * share, ".0f") + "%",
-               f">= {TARGET_COPY_SHARE_OF_CEILING:.0%}", check(share, (share or 0) >= TARGET_COPY_SHARE_OF_CEILING)),
-        Figure("bulk_eps", bulk, _fmt(bulk), f">= {TARGET_BULK_EPS:,} (design notes: ~{BASELINE_BULK_EPS:,})",
-               check(bulk, (bulk or 0) >= TARGET_BULK_EPS)),
+        Figure(
+            "copy_eps",
+            copy,
+            _fmt(copy),
+            f">= {TARGET_COPY_EPS:,} (design notes: ~{BASELINE_COPY_EPS:,})",
+            check(copy, (copy or 0) >= TARGET_COPY_EPS),
+        ),
+        Figure(
+            "copy / ceiling",
+            share,
+            _fmt(share and 100 * share, ".0f") + "%",
+            f">= {TARGET_COPY_SHARE_OF_CEILING:.0%}",
+            check(share, (share or 0) >= TARGET_COPY_SHARE_OF_CEILING),
+        ),
+        Figure(
+            "bulk_eps",
+            bulk,
+            _fmt(bulk),
+            f">= {TARGET_BULK_EPS:,} (design notes: ~{BASELINE_BULK_EPS:,})",
+            check(bulk, (bulk or 0) >= TARGET_BULK_EPS),
+        ),
         Figure("ceiling_eps", ceiling, _fmt(ceiling), "raw COPY + commit, the ceiling", None),
         Figure("naive_eps", f["naive_eps"], _fmt(f["naive_eps"]), f"baseline (design notes: {BASELINE_NAIVE})", None),
-        Figure("per_event_celery_eps", per_event.eps if per_event else None,
-               _fmt(per_event.eps if per_event else None), f"baseline (design notes: {BASELINE_PER_EVENT})", None),
-        Figure("fresh_p50_ms", fresh.percentile_ms(0.5) if fresh and fresh.delays_ms else None,
-               _fmt(fresh.percentile_ms(0.5) if fresh and fresh.delays_ms else None),
-               f"at {fresh.rate_target:,.0f} events/s" if fresh else "-", None),
-        Figure("fresh_p99_ms", f["fresh_p99_ms"], _fmt(f["fresh_p99_ms"]), f"<= {TARGET_FRESH_P99_MS:,}",
-               check(f["fresh_p99_ms"], (f["fresh_p99_ms"] or 0) <= TARGET_FRESH_P99_MS)),
-        Figure("worker_rss_mb", f["worker_rss_mb"], _fmt(f["worker_rss_mb"], ".1f"), f"<= {TARGET_WORKER_RSS_MB}",
-               check(f["worker_rss_mb"], (f["worker_rss_mb"] or 0) <= TARGET_WORKER_RSS_MB)),
-        Figure("worker_pss_mb", backlog_pss, _fmt(backlog_pss, ".1f"),
-               "same tree, shared pages split (PSS): what it costs the machine", None),
-        Figure("track_us (median)", f["track_us"], _fmt(f["track_us"], ".2f"), f"<= {TARGET_TRACK_US:g}",
-               check(f["track_us"], (f["track_us"] or 0) <= TARGET_TRACK_US)),
+        Figure(
+            "per_event_celery_eps",
+            per_event.eps if per_event else None,
+            _fmt(per_event.eps if per_event else None),
+            f"baseline (design notes: {BASELINE_PER_EVENT})",
+            None,
+        ),
+        Figure(
+            "fresh_p50_ms",
+            fresh.percentile_ms(0.5) if fresh and fresh.delays_ms else None,
+            _fmt(fresh.percentile_ms(0.5) if fresh and fresh.delays_ms else None),
+            f"at {fresh.rate_target:,.0f} events/s" if fresh else "-",
+            None,
+        ),
+        Figure(
+            "fresh_p99_ms",
+            f["fresh_p99_ms"],
+            _fmt(f["fresh_p99_ms"]),
+            f"<= {TARGET_FRESH_P99_MS:,}",
+            check(f["fresh_p99_ms"], (f["fresh_p99_ms"] or 0) <= TARGET_FRESH_P99_MS),
+        ),
+        Figure(
+            "worker_rss_mb",
+            f["worker_rss_mb"],
+            _fmt(f["worker_rss_mb"], ".1f"),
+            f"<= {TARGET_WORKER_RSS_MB}",
+            check(f["worker_rss_mb"], (f["worker_rss_mb"] or 0) <= TARGET_WORKER_RSS_MB),
+        ),
+        Figure(
+            "worker_pss_mb",
+            backlog_pss,
+            _fmt(backlog_pss, ".1f"),
+            "same tree, shared pages split (PSS): what it costs the machine",
+            None,
+        ),
+        Figure(
+            "track_us (median)",
+            f["track_us"],
+            _fmt(f["track_us"], ".2f"),
+            f"<= {TARGET_TRACK_US:g}",
+            check(f["track_us"], (f["track_us"] or 0) <= TARGET_TRACK_US),
+        ),
     ]
 
 
@@ -211,18 +256,27 @@ def _noisy(suite: SuiteResult) -> list[tuple[str, float]]:
 def print_summary(suite: SuiteResult) -> None:
     print("\n== figures")
     widths = (22, 12, 44, 8)
-    print("  " + "  ".join(h.ljust(w) for h, w in zip(("figure", "measured", "target / baseline", "verdict"), widths)))
+    print(
+        "  "
+        + "  ".join(
+            h.ljust(w) for h, w in zip(("figure", "measured", "target / baseline", "verdict"), widths, strict=False)
+        )
+    )
     for fig in targets(suite):
-        print(f"  {fig.name.ljust(widths[0])}  {fig.shown.rjust(widths[1])}  {fig.target.ljust(widths[2])}"
-              f"  {_verdict(fig.met)}")
+        print(
+            f"  {fig.name.ljust(widths[0])}  {fig.shown.rjust(widths[1])}  {fig.target.ljust(widths[2])}"
+            f"  {_verdict(fig.met)}"
+        )
     print("\n== reconciliation")
     for name, rec, seconds, refused in _reconciliation_rows(suite):
         if rec is None:
             print(f"  {name:<16} not reconciled")
             continue
-        print(f"  {name:<16} sent {rec.sent:>9,}  stored {rec.rows:>9,}  lost {rec.lost}  duplicated {rec.duplicated}"
-              f"  dead letters {rec.dead_letters}  sums {'ok' if rec.content_ok else 'DIFF'}  refused {refused}"
-              f"  {_fmt(seconds, '.1f')} s")
+        print(
+            f"  {name:<16} sent {rec.sent:>9,}  stored {rec.rows:>9,}  lost {rec.lost}  duplicated {rec.duplicated}"
+            f"  dead letters {rec.dead_letters}  sums {'ok' if rec.content_ok else 'DIFF'}  refused {refused}"
+            f"  {_fmt(seconds, '.1f')} s"
+        )
     for name, cores in _noisy(suite):
         print(f"  WARNING: other processes used {cores:.2f} cores on average during {name}")
     for result in suite.companions.values():
@@ -230,8 +284,10 @@ def print_summary(suite: SuiteResult) -> None:
         if not result.ok:
             print(f"  FAILED: exit status {result.returncode}; its last lines are above")
         for fig in companions.figures(result):
-            print(f"  {fig.name.ljust(widths[0])}  {fig.shown.rjust(widths[1])}  {fig.target.ljust(widths[2])}"
-                  f"  {_verdict(fig.met)}")
+            print(
+                f"  {fig.name.ljust(widths[0])}  {fig.shown.rjust(widths[1])}  {fig.target.ljust(widths[2])}"
+                f"  {_verdict(fig.met)}"
+            )
     print(f"\nruntime {suite.runtime_s / 60:.1f} min")
 
 
@@ -244,29 +300,43 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     sizes = suite.sizes
     add("# Benchmarks")
     add("")
-    add("Generated by `python -m bench` (bench/suite.py); do not edit by hand: run it again."
-        " Producer, broker (RabbitMQ), Celery worker and PostgreSQL all run on the one machine below.")
+    add(
+        "Generated by `python -m bench` (bench/suite.py); do not edit by hand: run it again."
+        " Producer, broker (RabbitMQ), Celery worker and PostgreSQL all run on the one machine below."
+    )
     add("")
     kind = "quick smoke run (`--quick`): small sizes, figures not comparable" if suite.quick else "full run"
-    add(f"- run: {kind}, {suite.started:%Y-%m-%d %H:%M} UTC, {suite.runtime_s / 60:.1f} min;"
+    add(
+        f"- run: {kind}, {suite.started:%Y-%m-%d %H:%M} UTC, {suite.runtime_s / 60:.1f} min;"
         f" ingest worker `-P {PROCFILE_POOL} -c {suite.concurrency}` as in the Procfile"
-        " (the per-event baseline: Celery's default prefork pool)")
+        " (the per-event baseline: Celery's default prefork pool)"
+    )
     facts = suite.facts
-    add(f"- machine: {facts.get('CPU', '?')}, {facts.get('cores', '?')} cores, {facts.get('RAM', '?')} RAM,"
-        f" {facts.get('kernel', '?')}")
-    add("- versions: " + ", ".join(f"{name} {facts[name]}" for name in
-                                   ("Python", "PostgreSQL", "RabbitMQ", "Celery", "kombu", "SQLAlchemy", "psycopg2")
-                                   if name in facts))
-    add(f"- load average: {' / '.join(f'{v:.2f}' for v in suite.load_before)} before,"
-        f" {' / '.join(f'{v:.2f}' for v in suite.load_after)} after (1 / 5 / 15 min)")
+    add(
+        f"- machine: {facts.get('CPU', '?')}, {facts.get('cores', '?')} cores, {facts.get('RAM', '?')} RAM,"
+        f" {facts.get('kernel', '?')}"
+    )
+    add(
+        "- versions: "
+        + ", ".join(
+            f"{name} {facts[name]}"
+            for name in ("Python", "PostgreSQL", "RabbitMQ", "Celery", "kombu", "SQLAlchemy", "psycopg2")
+            if name in facts
+        )
+    )
+    add(
+        f"- load average: {' / '.join(f'{v:.2f}' for v in suite.load_before)} before,"
+        f" {' / '.join(f'{v:.2f}' for v in suite.load_after)} after (1 / 5 / 15 min)"
+    )
     noisy = _noisy(suite)
     if noisy:
-        add("- **the machine was busy**: processes outside the run used "
+        add(
+            "- **the machine was busy**: processes outside the run used "
             + ", ".join(f"{cores:.2f} cores during {name}" for name, cores in noisy)
-            + " (on average, of 2): those figures understate what it does running only this system.")
+            + " (on average, of 2): those figures understate what it does running only this system."
+        )
     else:
-        add("- the machine was otherwise quiet (no phase saw more than"
-            f" {NOISY_CORES} cores used by other processes)")
+        add(f"- the machine was otherwise quiet (no phase saw more than {NOISY_CORES} cores used by other processes)")
     add("")
     add("## Figures")
     add("")
@@ -280,30 +350,42 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     add("## What each figure is")
     add("")
     add(f"- **naive_eps**: {sizes.naive:,} events, ORM `session.add` + `commit` per event, in the bench process.")
-    add(f"- **per_event_celery_eps**: {sizes.per_event:,} events, one `apply_async` per event (publisher"
-        " confirms), a worker inserting each row with ORM add + commit; first publish to last row committed.")
-    add(f"- **bulk_eps / copy_eps**: the pipeline on the same {sizes.pipeline:,} generated events:"
+    add(
+        f"- **per_event_celery_eps**: {sizes.per_event:,} events, one `apply_async` per event (publisher"
+        " confirms), a worker inserting each row with ORM add + commit; first publish to last row committed."
+    )
+    add(
+        f"- **bulk_eps / copy_eps**: the pipeline on the same {sizes.pipeline:,} generated events:"
         " `Tracker.track()` in the bench process as fast as it accepts them (the loop pauses while more than"
         " 20,000 wait in the buffer, so none is refused), micro-batches of 1,000 published by the producer"
         " thread, `celery -A tasks.app worker` writing with `INGEST_WRITER=bulk` (bulk_insert_mappings) or"
-        " `copy` (COPY FROM STDIN); from the first `track()` to the last row committed (`count(*)` polled).")
-    add("- **ceiling_eps**: the same rows (UUIDv7 ids, current timestamps) as one pre-built COPY buffer,"
-        " `copy_expert` + commit timed alone: what PostgreSQL takes when nothing else of the pipeline runs.")
+        " `copy` (COPY FROM STDIN); from the first `track()` to the last row committed (`count(*)` polled)."
+    )
+    add(
+        "- **ceiling_eps**: the same rows (UUIDv7 ids, current timestamps) as one pre-built COPY buffer,"
+        " `copy_expert` + commit timed alone: what PostgreSQL takes when nothing else of the pipeline runs."
+    )
     fresh = suite.freshness
     if fresh is not None:
-        add(f"- **fresh_p50_ms / fresh_p99_ms**: `track()` paced at {fresh.rate_target:,.0f} events/s for"
+        add(
+            f"- **fresh_p50_ms / fresh_p99_ms**: `track()` paced at {fresh.rate_target:,.0f} events/s for"
             f" {fresh.events / fresh.rate_target:.0f} s ({fresh.events:,} events, writer `{fresh.writer}`);"
             " per row, PostgreSQL's commit timestamp (`pg_xact_commit_timestamp(xmin)`, private PostgreSQL"
             f" {fresh.server} with `track_commit_timestamp=on`, otherwise configured like the shared one)"
             " minus the event's timestamp, which `track()` sets at call time. Includes the producer's"
-            " buffering (flush every 200 ms or 1,000 events), publishing, the broker, the worker and the commit.")
+            " buffering (flush every 200 ms or 1,000 events), publishing, the broker, the worker and the commit."
+        )
     backlog = suite.backlog
     if backlog is not None:
-        add(f"- **worker_rss_mb**: {backlog.events:,} events published with no consumer, then the worker started"
+        add(
+            f"- **worker_rss_mb**: {backlog.events:,} events published with no consumer, then the worker started"
             f" (writer `{backlog.writer}`); peak of the RSS summed over its process tree (main process and pool"
-            " children if any, shared pages counted in each), sampled every 0.1 s with psutil until every row was stored.")
-    add("- **track_us**: median of `perf_counter_ns` around each `track()` call of the copy pipeline run"
-        " (so under contention with the publishing thread).")
+            " children if any, shared pages counted in each), sampled every 0.1 s with psutil until every row was stored."
+        )
+    add(
+        "- **track_us**: median of `perf_counter_ns` around each `track()` call of the copy pipeline run"
+        " (so under contention with the publishing thread)."
+    )
     add("")
     add("## Details")
     add("")
@@ -313,12 +395,16 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
         notes = "; ".join(note for note in phase.notes if not note.startswith("CPU"))
         add(f"| {phase.name} | {phase.events:,} | {_fmt(phase.seconds, '.2f')} | {_fmt(phase.eps)} | {notes} |")
     if fresh is not None:
-        add(f"| freshness | {fresh.events:,} | {fresh.tracking_seconds:.2f} | {fresh.achieved_rate:,.0f} (paced) |"
-            f" {fresh.notes[0] if fresh.notes else ''} |")
+        add(
+            f"| freshness | {fresh.events:,} | {fresh.tracking_seconds:.2f} | {fresh.achieved_rate:,.0f} (paced) |"
+            f" {fresh.notes[0] if fresh.notes else ''} |"
+        )
     if backlog is not None:
-        add(f"| backlog drain | {backlog.events:,} | {_fmt(backlog.drain_seconds, '.2f')} | {_fmt(backlog.drain_eps)} |"
+        add(
+            f"| backlog drain | {backlog.events:,} | {_fmt(backlog.drain_seconds, '.2f')} | {_fmt(backlog.drain_eps)} |"
             f" published in {_fmt(backlog.publish_seconds, '.1f')} s, queue depth then {backlog.queue_depth_before}"
-            f" messages; {backlog.notes[0] if backlog.notes else ''} |")
+            f" messages; {backlog.notes[0] if backlog.notes else ''} |"
+        )
     add("")
     add("Where the CPU went (cores of 2, from /proc; 'other' is processes outside the run):")
     add("")
@@ -338,14 +424,18 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     add("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, rec, _seconds, _refused in _reconciliation_rows(suite):
         if rec is not None:
-            add(f"| {name} | {rec.sent:,} | {rec.rows:,} | {rec.lost} | {rec.duplicated} | {rec.dead_letters} |"
-                f" {'ok' if rec.content_ok else 'DIFF'} |")
+            add(
+                f"| {name} | {rec.sent:,} | {rec.rows:,} | {rec.lost} | {rec.duplicated} | {rec.dead_letters} |"
+                f" {'ok' if rec.content_ok else 'DIFF'} |"
+            )
     add("")
     if suite.companions:
         add("## The other benchmarks")
         add("")
-        add("Run by the suite after the ingest phases, each as its own command (`python -m <module>`, a"
-            " database or private servers of its own); the figures are those of its `RESULT` line.")
+        add(
+            "Run by the suite after the ingest phases, each as its own command (`python -m <module>`, a"
+            " database or private servers of its own); the figures are those of its `RESULT` line."
+        )
         add("")
         for result in suite.companions.values():
             companion = companions.COMPANIONS[result.name]
@@ -372,9 +462,11 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
     add("")
     add(f"![events/s and freshness over time]({plot_rel.as_posix()})")
     add("")
-    add("Top left: rows committed per second in the two full-speed pipeline runs. Top right and bottom left:"
+    add(
+        "Top left: rows committed per second in the two full-speed pipeline runs. Top right and bottom left:"
         " the freshness run, events committed per second and the commit delay (p50, p99) of the events"
-        " committed in each second. Bottom right: the worker's RSS (process tree) while it drains the backlog.")
+        " committed in each second. Bottom right: the worker's RSS (process tree) while it drains the backlog."
+    )
     add("")
     profile = harness.REPO_ROOT / PROFILE_NOTES
     if profile.exists():
@@ -386,7 +478,7 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
 def _rates(samples: list[tuple[float, int]], t0: float) -> tuple[list[float], list[float]]:
     """Rows per second between successive ``count(*)`` polls, at each interval's midpoint."""
     xs, ys = [], []
-    for (t_a, c_a), (t_b, c_b) in zip(samples, samples[1:]):
+    for (t_a, c_a), (t_b, c_b) in itertools.pairwise(samples):
         if t_b - t_a <= 0:
             continue
         xs.append((t_a + t_b) / 2 - t0)
@@ -417,8 +509,11 @@ def plot(suite: SuiteResult, path: Path) -> None:
         seconds = [s.second for s in fresh.per_second]
         axes[0][1].bar(seconds, [s.committed for s in fresh.per_second], width=0.9, color="tab:green")
         axes[0][1].axhline(fresh.rate_target, color="grey", linestyle=":", label="target rate")
-        axes[0][1].set(title=f"Freshness run: events committed/s (paced at {fresh.rate_target:,.0f}/s)",
-                       xlabel="second since first track()", ylabel="events/s")
+        axes[0][1].set(
+            title=f"Freshness run: events committed/s (paced at {fresh.rate_target:,.0f}/s)",
+            xlabel="second since first track()",
+            ylabel="events/s",
+        )
         axes[0][1].legend(fontsize="small")
         ax = axes[1][0]
         ax.plot(seconds, [s.p50_ms for s in fresh.per_second], marker=".", label="p50")
@@ -432,8 +527,11 @@ def plot(suite: SuiteResult, path: Path) -> None:
         ax = axes[1][1]
         ax.plot([t for t, _ in backlog.rss_series], [mb for _, mb in backlog.rss_series], color="tab:purple")
         ax.axhline(TARGET_WORKER_RSS_MB, color="red", linestyle=":", label=f"target {TARGET_WORKER_RSS_MB} MB")
-        ax.set(title=f"Backlog of {backlog.events:,}: worker RSS (process tree)",
-               xlabel="seconds since worker start", ylabel="MB")
+        ax.set(
+            title=f"Backlog of {backlog.events:,}: worker RSS (process tree)",
+            xlabel="seconds since worker start",
+            ylabel="MB",
+        )
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
     fig.tight_layout()

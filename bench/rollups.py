@@ -34,19 +34,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from config import DEFAULTS, get_settings
+from demo.ai import FEATURES, MODELS
 from queries.rollups import feature_summary, hour_span, snapshot
 from storage.histogram import RELATIVE_ERROR
 from storage.migrate import migrate
 from storage.partitions import Month, ensure_months
 from storage.rollups import run_until_idle
-from demo.ai import FEATURES, MODELS
 
 FULL = {"base": 20_000_000, "increment": 1_000_000}
 QUICK = {"base": 1_000_000, "increment": 100_000}
@@ -135,7 +135,9 @@ class Loader:
             ).scalar_one()
         return int(last) - count + 1
 
-    def load(self, events: int, t0: datetime, t1: datetime, late_share: float, late: tuple[datetime, datetime]) -> float:
+    def load(
+        self, events: int, t0: datetime, t1: datetime, late_share: float, late: tuple[datetime, datetime]
+    ) -> float:
         batches = -(-events // BATCH_EVENTS)
         first_batch = self.reserve_batches(batches)
         first_i = self.next_i
@@ -208,8 +210,10 @@ def table_rows(engine: Engine) -> int:
 
 def timed_rollup(engine: Engine, label: str) -> float:
     report = run_until_idle(engine, get_settings().rollup_chunk_batches)
-    log(f"  {label}: {report.events:,} events of {report.batches:,} batches in {report.chunks}"
-        f" chunks, {report.seconds:.2f}s ({report.events / max(report.seconds, 1e-9):,.0f} events/s)")
+    log(
+        f"  {label}: {report.events:,} events of {report.batches:,} batches in {report.chunks}"
+        f" chunks, {report.seconds:.2f}s ({report.events / max(report.seconds, 1e-9):,.0f} events/s)"
+    )
     return report.seconds
 
 
@@ -231,9 +235,9 @@ def summaries(engine: Engine, start: datetime, end: datetime) -> tuple[float, fl
             raw = conn.execute(text(RAW_SUMMARY_SQL), {"tenant": SUMMARY_TENANT, "start": h0, "end": h1}).all()
         raw_ms.append((time.perf_counter() - t) * 1000)
     agree = [s.feature_name for s in answer] == [r[0] for r in raw]
-    for s, r in zip(answer, raw):
+    for s, r in zip(answer, raw, strict=False):
         agree &= (s.calls, s.errors, s.input_tokens, s.output_tokens, s.tokens_used) == tuple(r[1:6])
-        for estimate, exact in zip((s.latency_p50_ms, s.latency_p95_ms, s.latency_p99_ms), r[9]):
+        for estimate, exact in zip((s.latency_p50_ms, s.latency_p95_ms, s.latency_p99_ms), r[9], strict=False):
             agree &= estimate is not None and abs(estimate - exact) <= RELATIVE_ERROR * exact + 1e-9
     if not agree:
         raise SystemExit("bench: the rollup summary does not match the raw events")
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"bench.rollups: database {args.database}, base {base:,}, increments {increment:,}")
     engine = recreate(url)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     origin = now - SPAN
     with engine.begin() as conn:
         months, month = [], Month.of(origin)
@@ -275,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  vacuum analyze: {vacuum(engine):.0f}s; table {table_rows(engine):,} events")
 
     def step(key: str) -> None:
-        end = datetime.now(timezone.utc)
-        log(f"adding {increment:,} events as {increment // BATCH_EVENTS:,} batches (last 10 min, {LATE_SHARE:.0%} late)")
+        end = datetime.now(UTC)
+        log(
+            f"adding {increment:,} events as {increment // BATCH_EVENTS:,} batches (last 10 min, {LATE_SHARE:.0%} late)"
+        )
         loader.load(increment, end - INCREMENT_SPAN, end, LATE_SHARE, late)
         results[key] = timed_rollup(engine, f"incremental rollup [{key}]")
 
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     grow("grow")
     step("rollup_1m_s_larger_table")
     size_large = table_rows(engine)
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     summary_rollup_ms, summary_raw_ms = summaries(engine, end - SUMMARY_WINDOW, end)
     day_end = end.replace(hour=0, minute=0, second=0, microsecond=0)
     aligned = summaries(engine, day_end - SUMMARY_WINDOW, day_end)
@@ -305,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         ("summary_raw_ms", f"{summary_raw_ms:.0f} ms", "(reference)", True),
     ]  # fmt: skip
     print()
-    print(f"table: {size_small:,} events for the first run, {size_large:,} for the second"
-          f" (x{size_large / size_small:.2f}); second/first rollup time x{ratio:.2f}")
-    print(f"summary: tenant {SUMMARY_TENANT}, last 30 days; same at {size_small:,} events:"
-          f" {summary_small[0]:.1f} ms rollups / {summary_small[1]:.0f} ms raw;"
-          f" 30 whole days: {aligned[0]:.1f} ms / {aligned[1]:.0f} ms")
+    print(
+        f"table: {size_small:,} events for the first run, {size_large:,} for the second"
+        f" (x{size_large / size_small:.2f}); second/first rollup time x{ratio:.2f}"
+    )
+    print(
+        f"summary: tenant {SUMMARY_TENANT}, last 30 days; same at {size_small:,} events:"
+        f" {summary_small[0]:.1f} ms rollups / {summary_small[1]:.0f} ms raw;"
+        f" 30 whole days: {aligned[0]:.1f} ms / {aligned[1]:.0f} ms"
+    )
     print(f"{'figure':<28}{'value':>12}  {'target':<28}ok")
     for name, value, target, ok in rows:
         print(f"{name:<28}{value:>12}  {target:<28}{'yes' if ok else 'NO'}")

@@ -35,14 +35,22 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench import harness
 from bench.backlog import BacklogResult, run_backlog
 from bench.ceiling import run_ceiling
 from bench.companions import COMPANIONS, CompanionResult, run_companion
 from bench.freshness import FreshnessResult, run_freshness
-from bench.ingest import DEFAULT_CONCURRENCY, PER_EVENT_CONCURRENCY, PhaseResult, generate_events, run_naive, run_per_event, run_pipeline
+from bench.ingest import (
+    DEFAULT_CONCURRENCY,
+    PER_EVENT_CONCURRENCY,
+    PhaseResult,
+    generate_events,
+    run_naive,
+    run_per_event,
+    run_pipeline,
+)
 
 PHASES = ("naive", "per_event", "bulk", "copy", "ceiling", "freshness", "backlog", *COMPANIONS)
 FRESHNESS_RATE_EPS = 5_000.0
@@ -100,17 +108,29 @@ class SuiteResult:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, small sizes (figures not comparable)")
-    parser.add_argument("--broker-url", default=None,
-                        help="broker (default: CELERY_BROKER_URL, else the settings default, RabbitMQ)")
-    parser.add_argument("--database", default=DEFAULT_DATABASE,
-                        help=f"bench database, dropped and recreated (default {DEFAULT_DATABASE})")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help=f"ingest worker pool size in every phase (default {DEFAULT_CONCURRENCY})")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help=f"comma-separated subset of {','.join(PHASES)} (the ceiling reuses the pipeline's events)")
+    parser.add_argument(
+        "--broker-url", default=None, help="broker (default: CELERY_BROKER_URL, else the settings default, RabbitMQ)"
+    )
+    parser.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        help=f"bench database, dropped and recreated (default {DEFAULT_DATABASE})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"ingest worker pool size in every phase (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (the ceiling reuses the pipeline's events)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed of the workloads")
-    parser.add_argument("--output", default="BENCHMARKS.md",
-                        help="report to write, relative to the repository (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--output", default="BENCHMARKS.md", help="report to write, relative to the repository (default BENCHMARKS.md)"
+    )
     parser.add_argument("--no-report", action="store_true", help="print the figures only, write no files")
     parser.add_argument("--strict", action="store_true", help="exit 2 if a performance target is missed")
     args = parser.parse_args(argv)
@@ -173,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         sizes=QUICK if args.quick else FULL,
         concurrency=args.concurrency,
-        started=datetime.now(timezone.utc),
+        started=datetime.now(UTC),
         load_before=os.getloadavg(),
     )
     started = time.perf_counter()
-    print(f"bench suite run {env.run_id} ({'quick' if args.quick else 'full'}): database {env.database_name},"
-          f" queues {env.ingest_queue} / {env.per_event_queue}, worker logs in {env.workdir};"
-          f" load average {' / '.join(f'{v:.2f}' for v in suite.load_before)}", flush=True)
+    print(
+        f"bench suite run {env.run_id} ({'quick' if args.quick else 'full'}): database {env.database_name},"
+        f" queues {env.ingest_queue} / {env.per_event_queue}, worker logs in {env.workdir};"
+        f" load average {' / '.join(f'{v:.2f}' for v in suite.load_before)}",
+        flush=True,
+    )
     interrupted = False
     try:
         run_phases(args, env, suite, outer_environ)
@@ -209,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     if correct:
         shutil.rmtree(env.workdir, ignore_errors=True)
     else:
-        print(f"\nFAILED ({suite.failure or 'a phase did not reconcile'}); worker logs in {env.workdir}",
-              file=sys.stderr)
+        print(
+            f"\nFAILED ({suite.failure or 'a phase did not reconcile'}); worker logs in {env.workdir}", file=sys.stderr
+        )
     print(report.result_line(suite), flush=True)
     if not correct:
         return 1

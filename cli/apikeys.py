@@ -7,7 +7,7 @@ with their control characters escaped.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -19,7 +19,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
 def _when(moment: datetime | None, missing: str = "-") -> str:
-    return missing if moment is None else moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
+    return missing if moment is None else moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 @click.group("api-keys")
@@ -45,10 +45,10 @@ def create_command(
         raise click.UsageError("give --expires-in-days or --expires, not both")
     expires_at = None
     if expires_in_days is not None:
-        expires_at = datetime.now(timezone.utc) + timedelta(days=expires_in_days)
+        expires_at = datetime.now(UTC) + timedelta(days=expires_in_days)
     elif expires_on is not None:
-        expires_at = expires_on.replace(tzinfo=timezone.utc)
-        if expires_at <= datetime.now(timezone.utc):
+        expires_at = expires_on.replace(tzinfo=UTC)
+        if expires_at <= datetime.now(UTC):
             raise click.BadParameter(f"{expires_on:%Y-%m-%d} is not in the future", param_hint="--expires")
     try:
         with engines.sessions().begin() as session:
@@ -74,7 +74,7 @@ def list_command(tenant_id: str | None) -> None:
     if not rows:
         click.echo("no API keys")
         return
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     click.echo(f"{'prefix':<13}{'scope':<7}{'tenant':<21}{'name':<25}{'created':<17}  {'last used':<17}"
                f"  {'expires':<17}  state")  # fmt: skip
     for row in rows:

@@ -3,7 +3,7 @@ move the messages the broker kept in ``<queue>.dead`` back to the ingest queue."
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from sqlalchemy import delete, func, select
@@ -79,7 +79,7 @@ def purge_command(ids: tuple[int, ...], before: datetime | None, purge_all: bool
     if ids:
         statement = statement.where(DeadLetter.id.in_(ids))
     elif before is not None:
-        statement = statement.where(DeadLetter.last_seen < before.replace(tzinfo=timezone.utc))
+        statement = statement.where(DeadLetter.last_seen < before.replace(tzinfo=UTC))
     elif not purge_all:
         raise click.UsageError("name dead-letter ids, or pass --before or --all")
     if not yes:

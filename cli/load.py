@@ -8,9 +8,9 @@ import click
 from tqdm import tqdm
 
 from config import get_settings
+from demo.ai import FEATURES
 from demo.load import LoadSpec, run_load
 from producer import Tracker
-from demo.ai import FEATURES
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -50,6 +50,10 @@ def load_command(
         raise click.ClickException(
             f"the broker did not take every event within {FLUSH_TIMEOUT_S:.0f}s"
             f" ({stats.buffered + stats.spooled:,} waiting); is CELERY_BROKER_URL right and the broker up?"
-            + (f" Spooled events are replayed from {settings.producer_spool_dir} by the next producer." if stats.spooled else "")
+            + (
+                f" Spooled events are replayed from {settings.producer_spool_dir} by the next producer."
+                if stats.spooled
+                else ""
+            )
         )
     click.echo(f"tracked and published {events:,} events in {elapsed:.1f}s ({events / max(elapsed, 1e-9):,.0f}/s)")

@@ -13,8 +13,8 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from monitoring.escape import escape
 from config import get_settings
+from monitoring.escape import escape
 from storage.db import owner_url
 from storage.migrate import DatabaseUnreachable, migrate, migrate_with_roles
 from storage.roles import OWNER, WEB, WORKER, RoleNames

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -79,19 +79,14 @@ def list_command() -> None:
 def ensure_command(ahead: int | None) -> None:
     """Create the current month and the months ahead that are missing (idempotent)."""
     policy = _policy()
-    wanted = months_ahead(
-        datetime.now(timezone.utc), policy.months_ahead if ahead is None else ahead
-    )
+    wanted = months_ahead(datetime.now(UTC), policy.months_ahead if ahead is None else ahead)
     try:
         created = ensure_partitions(engines.engine(), wanted, policy)
     except PartitionLockTimeout as exc:
         raise click.ClickException(str(exc)) from exc
     for month in created:
         click.echo(f"created {month.table_name}")
-    click.echo(
-        f"{len(created)} created, {len(wanted) - len(created)} already present"
-        f" ({wanted[0]} .. {wanted[-1]})"
-    )
+    click.echo(f"{len(created)} created, {len(wanted) - len(created)} already present ({wanted[0]} .. {wanted[-1]})")
 
 
 @partitions.command("retention")
@@ -105,8 +100,7 @@ def ensure_command(ahead: int | None) -> None:
 @click.option(
     "--keep-detached/--drop-detached",
     default=None,
-    help="Leave expired partitions as detached tables instead of dropping them"
-    " [default: PARTITION_KEEP_DETACHED].",
+    help="Leave expired partitions as detached tables instead of dropping them [default: PARTITION_KEEP_DETACHED].",
 )
 def retention_command(dry_run: bool, keep_months: int | None, keep_detached: bool | None) -> None:
     """Detach, and drop unless kept, the partitions older than the kept months.
@@ -119,7 +113,7 @@ def retention_command(dry_run: bool, keep_months: int | None, keep_detached: boo
         policy = replace(policy, retention_months=keep_months)
     if keep_detached is not None:
         policy = replace(policy, keep_detached=keep_detached)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         report = run_retention(engines.owner_engine(), policy, now, dry_run=dry_run)
     except PartitionLockTimeout as exc:

@@ -8,7 +8,7 @@ are printed with their control characters escaped (monitoring.escape).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -37,8 +37,8 @@ class UtcDateTime(click.ParamType):
             except ValueError:
                 self.fail(f"{value!r} is not an ISO 8601 date or time", param, ctx)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
 
 
 UTC_DATETIME = UtcDateTime()
@@ -50,7 +50,7 @@ def _read(reader: Callable[[Connection], T]) -> T:
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     return start or end - DEFAULT_WINDOW, end
 
 
@@ -109,7 +109,9 @@ def summary_command(tenant: str, start: datetime | None, end: datetime | None) -
     rows = _read(lambda conn: q.feature_summary(conn, tenant, start, end))
     h0, h1 = q.hour_span(start, end)
     click.echo(f"tenant {escape(tenant)}, {h0.isoformat()} .. {h1.isoformat()}")
-    click.echo(f"{'feature':<24}{'calls':>10}{'errors':>8}{'err %':>7}{'tokens':>13}{'avg':>8}{'p50':>8}{'p95':>8}{'p99':>8}")
+    click.echo(
+        f"{'feature':<24}{'calls':>10}{'errors':>8}{'err %':>7}{'tokens':>13}{'avg':>8}{'p50':>8}{'p95':>8}{'p99':>8}"
+    )
     for r in rows:
         click.echo(
             f"{escape(r.feature_name):<24}{r.calls:>10,}{r.errors:>8,}{100 * r.error_rate:>7.2f}{r.tokens_used:>13,}"

@@ -56,21 +56,15 @@ class Settings(BaseSettings):
     )
 
     # --- producer (track) ---------------------------------------------------
-    producer_batch_size: int = Field(
-        1000, ge=1, description="Events per broker message."
-    )
-    producer_flush_interval_ms: int = Field(
-        200, ge=1, description="Longest time an event waits in the buffer."
-    )
+    producer_batch_size: int = Field(1000, ge=1, description="Events per broker message.")
+    producer_flush_interval_ms: int = Field(200, ge=1, description="Longest time an event waits in the buffer.")
     producer_buffer_max_events: int = Field(
         200_000,
         ge=1,
         description="Bound of the in-process buffer; events beyond it are "
         "refused (counted in stats().dropped_buffer_full).",
     )
-    producer_retry_max_s: float = Field(
-        5.0, gt=0, description="Cap of the publish retry backoff."
-    )
+    producer_retry_max_s: float = Field(5.0, gt=0, description="Cap of the publish retry backoff.")
     producer_spool_dir: str = Field(
         "var/producer-spool",
         description="Directory of the on-disk spool used while the broker is "
@@ -101,12 +95,8 @@ class Settings(BaseSettings):
         description="How the worker writes a batch: bulk (Session.bulk_insert_mappings) "
         "or copy (COPY FROM STDIN, less database CPU per row).",
     )
-    ingest_retry_max_s: int = Field(
-        60, ge=1, description="Cap of the worker's retry backoff on database errors."
-    )
-    worker_prefetch_multiplier: int = Field(
-        2, ge=1, description="Messages each worker process reserves ahead."
-    )
+    ingest_retry_max_s: int = Field(60, ge=1, description="Cap of the worker's retry backoff on database errors.")
+    worker_prefetch_multiplier: int = Field(2, ge=1, description="Messages each worker process reserves ahead.")
     ingest_mode: Literal["task", "aggregate"] = Field(
         "task",
         description="What the Procfile's worker runs: task (the Celery task, one transaction "
@@ -139,8 +129,7 @@ class Settings(BaseSettings):
     ingest_max_message_bytes: int = Field(
         16_000_000,
         ge=1,
-        description="Largest ingest message body the worker accepts; a larger one is "
-        "dead-lettered whole, unparsed.",
+        description="Largest ingest message body the worker accepts; a larger one is dead-lettered whole, unparsed.",
     )
     ingest_max_partitions_per_batch: int = Field(
         4,
@@ -162,9 +151,7 @@ class Settings(BaseSettings):
     )
 
     # --- partitions (storage.partitions) -------------------------------------
-    partition_months_ahead: int = Field(
-        3, ge=1, description="Months after the current one kept created ahead."
-    )
+    partition_months_ahead: int = Field(3, ge=1, description="Months after the current one kept created ahead.")
     partition_retention_months: int = Field(
         0,
         ge=0,
@@ -183,9 +170,7 @@ class Settings(BaseSettings):
         description="lock_timeout of partition DDL; a statement that cannot lock the "
         "table in time backs off and retries instead of queueing in front of ingest.",
     )
-    partition_lock_retries: int = Field(
-        5, ge=0, description="Retries of partition DDL after a lock timeout."
-    )
+    partition_lock_retries: int = Field(5, ge=0, description="Retries of partition DDL after a lock timeout.")
     event_max_future_skew_s: int = Field(
         86_400,
         ge=0,
@@ -213,17 +198,12 @@ class Settings(BaseSettings):
     )
 
     # --- web ----------------------------------------------------------------
-    http_max_batch_events: int = Field(
-        1000, ge=1, description="Most events one POST /v1/events may carry."
-    )
-    http_max_body_bytes: int = Field(
-        5_000_000, ge=1, description="Largest request body POST /v1/events reads."
-    )
+    http_max_batch_events: int = Field(1000, ge=1, description="Most events one POST /v1/events may carry.")
+    http_max_body_bytes: int = Field(5_000_000, ge=1, description="Largest request body POST /v1/events reads.")
     api_statement_timeout_ms: int = Field(
         5000,
         ge=1,
-        description="statement_timeout of the API's and dashboard's reads; a read that "
-        "takes longer is answered 503.",
+        description="statement_timeout of the API's and dashboard's reads; a read that takes longer is answered 503.",
     )
     api_max_points: int = Field(
         10_000,
@@ -254,9 +234,7 @@ class Settings(BaseSettings):
         description="Chart.js build (installed by npm at setup) served at /static/vendor/chart.js; "
         "relative to the repository. Missing: the dashboard page shows its table without charts.",
     )
-    demo_error_rate: float = Field(
-        0.03, ge=0, le=1, description="Share of stand-in AI calls that fail."
-    )
+    demo_error_rate: float = Field(0.03, ge=0, le=1, description="Share of stand-in AI calls that fail.")
 
     @property
     def broker_is_redis(self) -> bool:

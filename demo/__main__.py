@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import FrameType
 
 import httpx
@@ -148,10 +148,12 @@ def run(args: argparse.Namespace) -> int:
         processes.wait_http(f"{saas}/health")
         tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
         dashboard_key(engine, tenants[0])
-        print(f"demo: the SaaS app answered {send_http_sample(saas, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests")
+        print(
+            f"demo: the SaaS app answered {send_http_sample(saas, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests"
+        )
 
         dead_before = dead_letter_count(engine)
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         tracker = Tracker(get_settings())
         spec = LoadSpec(events=args.events, tenants=args.tenants, rate=args.rate)
         started = time.monotonic()
@@ -219,10 +221,14 @@ def report(sent: int, sent_s: float, rows: int, distinct: int, stored_s: float, 
     for feature, calls, errors, tokens, avg_ms in features:
         print(f"{feature:<22}{calls:>9,}{errors:>8,}{tokens:>14,}{int(avg_ms):>8}")
     print()
-    docs = f"API docs: {web}/docs" if get_settings().api_docs_enabled else "API docs off; API_DOCS_ENABLED=1 serves them"
+    docs = (
+        f"API docs: {web}/docs" if get_settings().api_docs_enabled else "API docs off; API_DOCS_ENABLED=1 serves them"
+    )
     print(f"web app            {web}   ({docs})")
-    print(f"dashboard          {web}/dashboard   (tenant {dashboard_tenant}; its API key is in "
-          f"{DASHBOARD_KEY_FILE.relative_to(ROOT)})")
+    print(
+        f"dashboard          {web}/dashboard   (tenant {dashboard_tenant}; its API key is in "
+        f"{DASHBOARD_KEY_FILE.relative_to(ROOT)})"
+    )
     print(f"SaaS demo app      {saas}   (POST /api/ai-feature/<feature>; tracks each call)")
     print(f"Flower             {flower}")
     verdict = "every event stored exactly once" if lost == 0 and duplicated == 0 else "MISMATCH"

@@ -48,6 +48,8 @@ async def call_feature(feature: str, prompt: str, error_rate: float) -> AIResult
     input_tokens = max(1, int(len(prompt) * TOKENS_PER_CHAR))
     output_tokens = random.randint(*OUTPUT_TOKENS_RANGE)
     return AIResult(
-        text=f"[{feature}] stand-in answer", model=random.choice(MODELS),
-        input_tokens=input_tokens, output_tokens=output_tokens,
+        text=f"[{feature}] stand-in answer",
+        model=random.choice(MODELS),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
     )

@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from producer import Tracker
 from demo.ai import ERROR_TYPES, FEATURES, MODELS
+from producer import Tracker
 
 USERS_PER_TENANT = 200
 BUFFER_HIGH_WATER = 50_000
@@ -47,9 +47,7 @@ class LoadSpec:
         return [f"tenant-{i:02d}" for i in range(1, self.tenants + 1)]
 
 
-def run_load(
-    tracker: Tracker, spec: LoadSpec, on_progress: Callable[[int], None] | None = None
-) -> list[uuid.UUID]:
+def run_load(tracker: Tracker, spec: LoadSpec, on_progress: Callable[[int], None] | None = None) -> list[uuid.UUID]:
     """Track ``spec.events`` events; returns their ids, for reconciliation."""
     rng = random.Random(spec.seed)
     tenants = spec.tenant_ids

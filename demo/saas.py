@@ -52,8 +52,10 @@ def health() -> dict[str, Any]:
 
 @app.post(
     "/api/ai-feature/{feature_name}",
-    responses={404: {"description": "Unknown feature"},
-               502: {"description": "The AI provider failed (tracked as an error)"}},  # fmt: skip
+    responses={
+        404: {"description": "Unknown feature"},
+        502: {"description": "The AI provider failed (tracked as an error)"},
+    },
 )
 async def ai_feature(feature_name: str, request: FeatureRequest) -> dict[str, Any]:
     if feature_name not in FEATURES:
@@ -63,19 +65,25 @@ async def ai_feature(feature_name: str, request: FeatureRequest) -> dict[str, An
         result = await call_feature(feature_name, request.input, get_settings().demo_error_rate)
     except AICallFailed as failure:
         get_tracker().track(
-            tenant_id=request.tenant_id, feature_name=feature_name, user_id=request.user_id,
+            tenant_id=request.tenant_id,
+            feature_name=feature_name,
+            user_id=request.user_id,
             latency_ms=(time.perf_counter() - started) * 1000,
-            status="error", error_type=failure.error_type,
+            status="error",
+            error_type=failure.error_type,
         )
         raise HTTPException(502, f"AI provider failed: {failure.error_type}") from None
     get_tracker().track(
-        tenant_id=request.tenant_id, feature_name=feature_name, user_id=request.user_id,
-        model=result.model, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+        tenant_id=request.tenant_id,
+        feature_name=feature_name,
+        user_id=request.user_id,
+        model=result.model,
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
         latency_ms=(time.perf_counter() - started) * 1000,
     )
     return {
         "feature": feature_name,
         "result": result.text,
-        "usage": {"model": result.model, "input_tokens": result.input_tokens,
-                  "output_tokens": result.output_tokens},
+        "usage": {"model": result.model, "input_tokens": result.input_tokens, "output_tokens": result.output_tokens},
     }

@@ -12,9 +12,7 @@ def count_events(engine: Engine, tenant: str) -> tuple[int, int]:
     """(rows, distinct event ids) stored for ``tenant``."""
     with engine.connect() as conn:
         total, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT event_id) FROM analytics_events WHERE tenant_id = :t"
-            ),
+            text("SELECT count(*), count(DISTINCT event_id) FROM analytics_events WHERE tenant_id = :t"),
             {"t": tenant},
         ).one()
     return total, distinct

@@ -10,6 +10,7 @@ child, a uvicorn worker, a Procfile command) outlives its owner.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -196,10 +197,8 @@ class ManagedProcess:
         the leader is reaped and none of the group is left."""
         if self._proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         if sig == signal.SIGKILL:
             self._proc.wait(KILL_TIMEOUT_S)
             # Children are not ours to reap, but they are in our group.
@@ -217,10 +216,8 @@ class ManagedProcess:
                 self.kill_group(signal.SIGTERM)
             else:
                 proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         returncode = proc.poll()
         self.kill_group(signal.SIGKILL)
         return returncode
@@ -230,7 +227,9 @@ class ManagedProcess:
             self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # --- readiness -------------------------------------------------------------

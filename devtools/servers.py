@@ -186,9 +186,7 @@ class PrivateRabbitMQ:
     which bounds how long a vanished client holds unacknowledged messages.
     """
 
-    def __init__(
-        self, *, port: int | None = None, listen: tuple[str, ...] = (), heartbeat: int | None = None
-    ) -> None:
+    def __init__(self, *, port: int | None = None, listen: tuple[str, ...] = (), heartbeat: int | None = None) -> None:
         self.port = port or spare_port()
         self.dist_port = spare_port()
         self.nodename = f"private-{uuid.uuid4().hex[:10]}@localhost"

@@ -157,7 +157,8 @@ class Aggregator(LoggedProcess):
         from tasks.aggregator import COMMITTED_LOG
 
         flush_re = re.compile(
-            re.escape(COMMITTED_LOG) + r": messages=(\d+) events=(\d+) stored=(\d+) duplicates=(\d+) dead_lettered=(\d+)"
+            re.escape(COMMITTED_LOG)
+            + r": messages=(\d+) events=(\d+) stored=(\d+) duplicates=(\d+) dead_lettered=(\d+)"
         )
         return [Flush(*map(int, m.groups())) for m in flush_re.finditer(self.log())]
 
@@ -186,4 +187,3 @@ def aggregator(broker_url: str, queue: str, log_dir: Path, env: dict[str, str] |
         yield process
     finally:
         process.stop()
-

@@ -8,8 +8,8 @@ from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPend
 from models.tenant_name import TenantName
 
 __all__ = [
-    "ApiKey",
     "AnalyticsEvent",
+    "ApiKey",
     "Base",
     "DeadLetter",
     "RollupDaily",

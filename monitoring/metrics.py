@@ -44,6 +44,7 @@ PRODUCER_SPOOL_FULL = Counter(
     "the memory buffer, and beyond PRODUCER_BUFFER_MAX_EVENTS are dropped.",
 )
 
+
 def batch_committed(events: int, stored: int, duplicates: int, dead_lettered: int, oldest_age_s: float | None) -> None:
     BATCH_SIZE.observe(events)
     EVENTS_STORED.inc(stored)
@@ -63,4 +64,3 @@ def message_parked() -> None:
 
 def producer_spool_full() -> None:
     PRODUCER_SPOOL_FULL.inc()
-

@@ -122,9 +122,7 @@ class Tracker:
         spool_dir = self._settings.producer_spool_dir
         # One directory per queue: a replayed batch goes where it was meant to go.
         queue_dir = re.sub(r"[^A-Za-z0-9_.-]", "_", self._settings.ingest_queue)
-        self._spool = (
-            Spool(Path(spool_dir) / queue_dir, self._settings.producer_spool_max_bytes) if spool_dir else None
-        )
+        self._spool = Spool(Path(spool_dir) / queue_dir, self._settings.producer_spool_max_bytes) if spool_dir else None
         self._buffer: deque[list[Any]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -209,9 +207,7 @@ class Tracker:
             if self._pid != os.getpid():
                 self._reset()
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="analytics-producer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="analytics-producer", daemon=True)
                 self._thread.start()
 
     # --- control --------------------------------------------------------------
@@ -250,7 +246,8 @@ class Tracker:
             logger.warning(
                 "analytics producer: broker unreachable at exit; %d events kept in the spool %s,"
                 " published by the next process that starts",
-                self._spool.pending_events(), self._spool.directory,
+                self._spool.pending_events(),
+                self._spool.directory,
             )
         else:
             logger.error(
@@ -306,7 +303,7 @@ class Tracker:
                 try:
                     with self._busy:
                         drained = time.monotonic() < retry_at or self._drain(publisher)
-                except Exception:  # noqa: BLE001 - the thread must outlive any bug; events stay queued
+                except Exception:
                     logger.exception("analytics producer: unexpected error while publishing")
                     drained = False
                 if not drained and time.monotonic() >= retry_at:
@@ -330,7 +327,7 @@ class Tracker:
         self._in_flight = size  # before popping, so flush() never sees a gap
         rows = [buffer.popleft() for _ in range(size)]
         missing = [row for row in rows if row[EVENT_ID_INDEX] is None]
-        for row, event_id in zip(missing, uuid7_hex_batch([r[TIMESTAMP_INDEX] for r in missing])):
+        for row, event_id in zip(missing, uuid7_hex_batch([r[TIMESTAMP_INDEX] for r in missing]), strict=True):
             row[EVENT_ID_INDEX] = event_id  # fixed before the first publish: retries are idempotent
         return rows
 
@@ -351,9 +348,12 @@ class Tracker:
                     return False
                 self._resent += events
             if recent:
-                logger.warning("analytics producer: the broker is back; published again the %d events"
-                               " of the last %g s (PRODUCER_REDIS_RESEND_WINDOW_S)",
-                               sum(events for _, events in recent), self._settings.producer_redis_resend_window_s)
+                logger.warning(
+                    "analytics producer: the broker is back; published again the %d events"
+                    " of the last %g s (PRODUCER_REDIS_RESEND_WINDOW_S)",
+                    sum(events for _, events in recent),
+                    self._settings.producer_redis_resend_window_s,
+                )
         self._outage_at = None
         if self._spool is not None:
             for segment in self._spool.segments_to_replay():
@@ -394,7 +394,9 @@ class Tracker:
                 self._outage_at = time.monotonic()
             logger.warning(
                 "analytics producer: publish of %d events failed (%s: %s); will retry",
-                size, type(exc).__name__, exc,
+                size,
+                type(exc).__name__,
+                exc,
             )
             return False
 

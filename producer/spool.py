@@ -22,6 +22,7 @@ every process's segments count): a write that would pass the cap raises
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -166,10 +167,8 @@ class Spool:
             return 0
         for entry in entries:
             if entry.name.endswith(SEGMENT_SUFFIX):
-                try:
+                with contextlib.suppress(FileNotFoundError):  # replayed and deleted meanwhile
                     total += entry.stat().st_size
-                except FileNotFoundError:  # replayed and deleted meanwhile
-                    pass
         return total
 
     def write(self, message: dict[str, Any], events: int) -> None:

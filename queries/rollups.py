@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
@@ -114,7 +114,7 @@ class ActiveUsers:
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("query bounds must be timezone-aware")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def _floor(moment: datetime, unit: timedelta) -> datetime:
@@ -169,14 +169,13 @@ def _limit(max_rows: int | None) -> int | None:
 @contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A read-only REPEATABLE READ transaction: rollups and pending log seen at one instant."""
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        with conn.begin():
-            # These reads take milliseconds: starting parallel workers (~5 ms) or
-            # JIT-compiling (~100 ms) would cost more than they could save.
-            conn.execute(
-                text("SET TRANSACTION READ ONLY; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off")
-            )
-            yield conn
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        # These reads take milliseconds: starting parallel workers (~5 ms) or
+        # JIT-compiling (~100 ms) would cost more than they could save.
+        conn.execute(
+            text("SET TRANSACTION READ ONLY; SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off")
+        )
+        yield conn
 
 
 # --- sources ------------------------------------------------------------------
@@ -278,8 +277,15 @@ class _Plan:
 
     @classmethod
     def make(
-        cls, conn: Connection, tenant: str, h0: datetime, h1: datetime,
-        *, days: bool, feature: str | None, base: tuple[str, ...] | None = None,
+        cls,
+        conn: Connection,
+        tenant: str,
+        h0: datetime,
+        h1: datetime,
+        *,
+        days: bool,
+        feature: str | None,
+        base: tuple[str, ...] | None = None,
         tail: str = TAIL_PART,
     ) -> _Plan:
         d0, d1 = _ceil(h0, DAY), _floor(h1, DAY)
@@ -287,7 +293,12 @@ class _Plan:
             d0 = d1 = h1  # no daily part: the first hourly part covers everything
         batch_ids = list(conn.execute(PENDING_IN_RANGE, {"h0": h0, "h1": h1}).scalars())
         params: dict[str, Any] = {
-            "tenant": tenant, "feature": feature, "h0": h0, "h1": h1, "d0": d0, "d1": d1,
+            "tenant": tenant,
+            "feature": feature,
+            "h0": h0,
+            "h1": h1,
+            "d0": d0,
+            "d1": d1,
             "batch_ids": batch_ids,
             "first_batch": batch_ids[0] if batch_ids else 0,
             "last_batch": batch_ids[-1] if batch_ids else 0,
@@ -336,8 +347,12 @@ def feature_summary(
 
 
 def time_series(
-    conn: Connection, tenant: str, start: datetime, end: datetime,
-    granularity: Granularity = "hour", feature: str | None = None,
+    conn: Connection,
+    tenant: str,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity = "hour",
+    feature: str | None = None,
 ) -> list[SeriesPoint]:
     """One point per hour or UTC day that has events (optionally one feature only)."""
     if granularity not in GRANULARITIES:
@@ -367,8 +382,12 @@ def top_features(conn: Connection, tenant: str, start: datetime, end: datetime, 
 
 
 def feature_series(
-    conn: Connection, tenant: str, start: datetime, end: datetime,
-    granularity: Granularity, features: list[str],
+    conn: Connection,
+    tenant: str,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    features: list[str],
 ) -> dict[str, list[SeriesPoint]]:
     """``time_series`` of each of ``features`` (one query each, all in the caller's snapshot)."""
     return {feature: time_series(conn, tenant, start, end, granularity, feature) for feature in features}
@@ -387,8 +406,12 @@ def error_rate_by_feature(
 
 
 def top_users(
-    conn: Connection, tenant: str, start: datetime, end: datetime,
-    limit: int = DEFAULT_TOP_USERS, feature: str | None = None,
+    conn: Connection,
+    tenant: str,
+    start: datetime,
+    end: datetime,
+    limit: int = DEFAULT_TOP_USERS,
+    feature: str | None = None,
 ) -> list[UserUsage]:
     """The ``limit`` users with the most calls over ``day_span(start, end)`` (ties by user id)."""
     d0, d1 = day_span(start, end)
@@ -398,8 +421,13 @@ def top_users(
 
 
 def active_users(
-    conn: Connection, tenant: str, start: datetime, end: datetime, feature: str | None = None,
-    *, max_rows: int | None = None,
+    conn: Connection,
+    tenant: str,
+    start: datetime,
+    end: datetime,
+    feature: str | None = None,
+    *,
+    max_rows: int | None = None,
 ) -> list[ActiveUsers]:
     """Exact daily active users per feature for each UTC day of ``day_span(start, end)``; more
     than ``max_rows`` (day, feature) rows raise TooManyRows."""

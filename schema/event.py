@@ -19,7 +19,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
 
@@ -49,7 +49,7 @@ STATUSES: Final = frozenset({"success", "error"})
 
 US_PER_DAY: Final = 86_400 * 1_000_000
 
-UTC: Final = timezone.utc
+UTC: Final = UTC
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -109,9 +109,7 @@ def check_tokens_used(value: object, input_tokens: int, output_tokens: int) -> i
         return check_count("tokens_used", total)
     value = check_count("tokens_used", value)
     if value < total:
-        raise InvalidEvent(
-            f"tokens_used ({value}) is less than input_tokens + output_tokens ({total})"
-        )
+        raise InvalidEvent(f"tokens_used ({value}) is less than input_tokens + output_tokens ({total})")
     return value
 
 
@@ -177,12 +175,11 @@ def check_timestamp(
             f"timestamp {us_to_timestamp(us).isoformat()} is more than"
             f" {max_future_us / 1e6:g} s ahead of this clock (EVENT_MAX_FUTURE_SKEW_S)"
         )
-    if max_past_age_days is not None:
-        # Cheap test first: only a timestamp near or past the bound pays for the datetimes.
-        if now_us - us >= max_past_age_days * US_PER_DAY or retention_months > 0:
-            earliest, setting = earliest_timestamp(us_to_timestamp(now_us), max_past_age_days, retention_months)
-            if us < timestamp_to_us(earliest):
-                raise InvalidEvent(too_old(us_to_timestamp(us), earliest, setting))
+    # Cheap test first: only a timestamp near or past the bound pays for the datetimes.
+    if max_past_age_days is not None and (now_us - us >= max_past_age_days * US_PER_DAY or retention_months > 0):
+        earliest, setting = earliest_timestamp(us_to_timestamp(now_us), max_past_age_days, retention_months)
+        if us < timestamp_to_us(earliest):
+            raise InvalidEvent(too_old(us_to_timestamp(us), earliest, setting))
     return us
 
 

@@ -26,7 +26,7 @@ class WirePayload(Mapping[str, Any]):
         self._row = row
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(zip(self._fields, self._row))
+        return dict(zip(self._fields, self._row, strict=False))
 
     def __getitem__(self, key: str) -> Any:
         return self.as_dict()[key]
@@ -95,5 +95,5 @@ def decode_message(message: object, max_rows: int | None = None) -> DecodedBatch
         try:
             valid((parse(row), WirePayload(fields, row)))
         except InvalidEvent as exc:
-            batch.invalid.append((dict(zip(fields, row)) if isinstance(row, list) else row, str(exc)))
+            batch.invalid.append((dict(zip(fields, row, strict=False)) if isinstance(row, list) else row, str(exc)))
     return batch

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -65,7 +65,7 @@ def create_key(
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
-        if expires_at <= datetime.now(timezone.utc):
+        if expires_at <= datetime.now(UTC):
             raise ValueError(f"expires_at {expires_at.isoformat()} is not in the future")
     prefix = secrets.token_hex(PREFIX_LEN // 2)
     key = f"{KEY_MARK}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
@@ -92,7 +92,7 @@ def authenticate(session: Session, key: str) -> Principal:
         raise KeyRejected("unknown API key")
     if row.revoked_at is not None:
         raise KeyRejected("revoked API key")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if row.expires_at is not None and row.expires_at <= now:
         raise KeyRejected("expired API key")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
@@ -112,9 +112,7 @@ def authenticate(session: Session, key: str) -> Principal:
 def revoke(session: Session, prefix: str) -> bool:
     """Revoke by prefix; False if no live key has it."""
     result = session.execute(
-        update(ApiKey)
-        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(timezone.utc))
+        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
     )
     return result.rowcount == 1
 
@@ -124,7 +122,7 @@ def revoke_named(session: Session, *, tenant_id: str, name: str) -> int:
     result = session.execute(
         update(ApiKey)
         .where(ApiKey.tenant_id == tenant_id, ApiKey.name == name, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(timezone.utc))
+        .values(revoked_at=datetime.now(UTC))
     )
     return result.rowcount
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -200,7 +200,7 @@ def store_batch(
     writer = writer or WRITERS[settings.ingest_writer]
     rows, repeats = unique_in_batch(rows)
     result = WriteResult(duplicates=repeats)
-    rows = _inside(policy.window(datetime.now(timezone.utc)), rows, result.rejected)
+    rows = _inside(policy.window(datetime.now(UTC)), rows, result.rejected)
     rows = admit_names(session, rows, caps or NameCaps.from_settings(settings), result.rejected)
     months = _MissingMonths(policy)
     # The rollup log (storage.rollups): one row per batch, committed with its rows.

@@ -105,8 +105,8 @@ class LatencyHistogram:
         return sum(self.counts)
 
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
-        tally = dict(zip(self.buckets, self.counts))
-        for bucket, count in zip(other.buckets, other.counts):
+        tally = dict(zip(self.buckets, self.counts, strict=False))
+        for bucket, count in zip(other.buckets, other.counts, strict=False):
             tally[bucket] = tally.get(bucket, 0) + count
         ordered = sorted(tally.items())
         return LatencyHistogram(tuple(b for b, _ in ordered), tuple(c for _, c in ordered))
@@ -119,7 +119,7 @@ class LatencyHistogram:
         wanted = rank(q, total)
         seen = 0
         estimate = representative(self.buckets[-1])
-        for bucket, count in zip(self.buckets, self.counts):
+        for bucket, count in zip(self.buckets, self.counts, strict=False):
             seen += count
             if seen >= wanted:
                 estimate = representative(bucket)

@@ -39,7 +39,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
@@ -90,7 +90,7 @@ class Month:
     def of(cls, moment: datetime | date) -> Month:
         """The UTC month of ``moment`` (an aware datetime is converted; naive means UTC)."""
         if isinstance(moment, datetime) and moment.utcoffset() is not None:
-            moment = moment.astimezone(timezone.utc)
+            moment = moment.astimezone(UTC)
         return cls(moment.year, moment.month)
 
     @classmethod
@@ -112,7 +112,7 @@ class Month:
 
     @property
     def start(self) -> datetime:
-        return datetime(self.year, self.month, 1, tzinfo=timezone.utc)
+        return datetime(self.year, self.month, 1, tzinfo=UTC)
 
     @property
     def end(self) -> datetime:
@@ -148,7 +148,7 @@ class AcceptWindow:
     def refusal(self, timestamp: datetime) -> str | None:
         """Why ``timestamp`` is refused, or None when it is accepted (naive means UTC)."""
         if timestamp.tzinfo is None:
-            timestamp = timestamp.replace(tzinfo=timezone.utc)
+            timestamp = timestamp.replace(tzinfo=UTC)
         if timestamp > self.newest:
             return (
                 f"timestamp {timestamp.isoformat()} is too far in the future: the latest"
@@ -270,10 +270,7 @@ def existing_months(conn: Connection) -> set[Month]:
 def has_default_partition(conn: Connection) -> bool:
     return bool(
         conn.execute(
-            text(
-                "SELECT partdefid <> 0 FROM pg_partitioned_table"
-                " WHERE partrelid = to_regclass(:parent)"
-            ),
+            text("SELECT partdefid <> 0 FROM pg_partitioned_table WHERE partrelid = to_regclass(:parent)"),
             {"parent": PARENT_TABLE},
         ).scalar()
     )
@@ -291,9 +288,7 @@ def is_missing_partition(exc: DBAPIError) -> bool:
 def _set_lock_timeout(conn: Connection, value: str, *, local: bool) -> str:
     """Set ``lock_timeout`` (e.g. ``"2000ms"``); returns the previous value."""
     previous = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
-    conn.execute(
-        text("SELECT set_config('lock_timeout', :value, :local)"), {"value": value, "local": local}
-    )
+    conn.execute(text("SELECT set_config('lock_timeout', :value, :local)"), {"value": value, "local": local})
     return str(previous)
 
 
@@ -356,7 +351,8 @@ def ensure_months(
                 # dead-lettered by the writer with PostgreSQL's reason.
                 logger.error(
                     "%s exists but is detached; not creating %s (re-attach or drop it)",
-                    found.name, month,
+                    found.name,
+                    month,
                 )
             continue
         # The DDL itself is the owner's function (migration 0005): CREATE TABLE
@@ -367,9 +363,7 @@ def ensure_months(
     return created
 
 
-def ensure_partitions(
-    engine: Engine, months: Iterable[Month], policy: PartitionPolicy
-) -> list[Month]:
+def ensure_partitions(engine: Engine, months: Iterable[Month], policy: PartitionPolicy) -> list[Month]:
     """``ensure_months`` in a transaction of its own, committed at once, retried on lock timeouts.
 
     Its own transaction publishes the partitions to every session immediately
@@ -457,9 +451,7 @@ def _drop(conn: Connection, info: PartitionInfo) -> bool:
     return True
 
 
-def run_retention(
-    engine: Engine, policy: PartitionPolicy, now: datetime, *, dry_run: bool = False
-) -> RetentionReport:
+def run_retention(engine: Engine, policy: PartitionPolicy, now: datetime, *, dry_run: bool = False) -> RetentionReport:
     """Detach (and drop, unless kept) every partition older than the kept months.
 
     With ``dry_run`` only the plan is computed. A run that finds another one
@@ -470,9 +462,7 @@ def run_retention(
         conn = base.execution_options(isolation_level="AUTOCOMMIT")
         if dry_run:
             return RetentionReport(plan=plan_retention(conn, now, policy), dry_run=True)
-        locked = conn.execute(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": RETENTION_LOCK_KEY}
-        ).scalar()
+        locked = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": RETENTION_LOCK_KEY}).scalar()
         if not locked:
             return RetentionReport(
                 plan=RetentionPlan(oldest_kept=policy.oldest_kept(now)),
@@ -485,9 +475,7 @@ def run_retention(
             report = RetentionReport(plan=plan, dry_run=False)
             concurrently = not has_default_partition(conn)
             for info in plan.detach:
-                if with_lock_retry(
-                    partial(_detach, conn, info, concurrently), policy, f"detach {info.name}"
-                ):
+                if with_lock_retry(partial(_detach, conn, info, concurrently), policy, f"detach {info.name}"):
                     report.detached.append(info.name)
                     logger.info("detached partition %s", info.name)
             for info in plan.drop:

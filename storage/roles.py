@@ -147,42 +147,52 @@ def transfer_ownership(conn: Connection, owner: str) -> list[str]:
     table follow it; extension members are left alone. Returns what changed hands.
     """
     q_owner = _q(conn, owner)
-    not_extension = (
-        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+    not_extension = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+    relations = (
+        conn.execute(
+            text(
+                "SELECT c.oid::regclass::text FROM pg_class c"
+                " WHERE c.relnamespace = current_schema()::regnamespace"
+                " AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+                " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
+                f" AND {not_extension.format(oid='c.oid')}"
+                " ORDER BY c.relispartition, c.relname"
+            ),
+            {"owner": owner},
+        )
+        .scalars()
+        .all()
     )
-    relations = conn.execute(
-        text(
-            "SELECT c.oid::regclass::text FROM pg_class c"
-            " WHERE c.relnamespace = current_schema()::regnamespace"
-            " AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
-            " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
-            f" AND {not_extension.format(oid='c.oid')}"
-            " ORDER BY c.relispartition, c.relname"
-        ),
-        {"owner": owner},
-    ).scalars().all()
     for name in relations:  # names come from the catalog, already quoted by regclass
         conn.execute(text(f"ALTER TABLE {name} OWNER TO {q_owner}"))
-    sequences = conn.execute(
-        text(
-            "SELECT c.oid::regclass::text FROM pg_class c"
-            " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'S'"
-            " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
-            " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i', 'e'))"
-        ),
-        {"owner": owner},
-    ).scalars().all()
+    sequences = (
+        conn.execute(
+            text(
+                "SELECT c.oid::regclass::text FROM pg_class c"
+                " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'S'"
+                " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
+                " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i', 'e'))"
+            ),
+            {"owner": owner},
+        )
+        .scalars()
+        .all()
+    )
     for name in sequences:
         conn.execute(text(f"ALTER SEQUENCE {name} OWNER TO {q_owner}"))
-    functions = conn.execute(
-        text(
-            "SELECT p.oid::regprocedure::text FROM pg_proc p"
-            " WHERE p.pronamespace = current_schema()::regnamespace"
-            " AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
-            f" AND {not_extension.format(oid='p.oid')}"
-        ),
-        {"owner": owner},
-    ).scalars().all()
+    functions = (
+        conn.execute(
+            text(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p"
+                " WHERE p.pronamespace = current_schema()::regnamespace"
+                " AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = :owner)"
+                f" AND {not_extension.format(oid='p.oid')}"
+            ),
+            {"owner": owner},
+        )
+        .scalars()
+        .all()
+    )
     for signature in functions:
         conn.execute(text(f"ALTER ROUTINE {signature} OWNER TO {q_owner}"))
     return [*relations, *sequences, *functions]
@@ -202,12 +212,16 @@ def grant_database(conn: Connection, names: RoleNames) -> None:
 
 def schema_tables(conn: Connection) -> list[str]:
     """The schema's tables other than monthly partitions (attached or detached)."""
-    names = conn.execute(
-        text(
-            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
-            " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname"
+    names = (
+        conn.execute(
+            text(
+                "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+                " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname"
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     return [name for name in names if not PARTITION_NAME.match(name)]
 
 

@@ -55,7 +55,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, insert, text
@@ -227,8 +227,7 @@ ON CONFLICT ON CONSTRAINT pk_rollup_daily_users DO UPDATE SET
 """
 
 TAKE_PENDING = text(
-    "SELECT batch_id, min_ts, max_ts FROM rollup_pending_batches"
-    " ORDER BY batch_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+    "SELECT batch_id, min_ts, max_ts FROM rollup_pending_batches ORDER BY batch_id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 DROP_PENDING = text("DELETE FROM rollup_pending_batches WHERE batch_id = ANY(CAST(:batch_ids AS bigint[]))")
 SCRATCH_EVENTS = text("SELECT coalesce(sum(calls), 0) FROM rollup_scratch WHERE hour IS NOT NULL")
@@ -274,10 +273,17 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     conn.execute(text("SET LOCAL enable_sort = on; SET LOCAL enable_indexscan = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [
-        conn.execute(text(UPSERT_LEVEL.format(
-            table=table, source=source.format(epoch=UTC_EPOCH), merge=HIST_MERGE,
-            position=HIST_POSITION, one_known_bucket=ONE_KNOWN_BUCKET,
-        ))).rowcount
+        conn.execute(
+            text(
+                UPSERT_LEVEL.format(
+                    table=table,
+                    source=source.format(epoch=UTC_EPOCH),
+                    merge=HIST_MERGE,
+                    position=HIST_POSITION,
+                    one_known_bucket=ONE_KNOWN_BUCKET,
+                )
+            )
+        ).rowcount
         for table, source in ROLLUP_LEVELS
     ]
     users = conn.execute(text(UPSERT_USERS)).rowcount
@@ -347,8 +353,13 @@ def run_until_idle(
         report.events += result.events
         logger.info(
             "rollup chunk %d: %d batches, %d events -> %d hourly, %d daily, %d user rows in %.2fs",
-            report.chunks, result.batches, result.events, result.hourly_rows,
-            result.daily_rows, result.user_rows, time.monotonic() - chunk_started,
+            report.chunks,
+            result.batches,
+            result.events,
+            result.hourly_rows,
+            result.daily_rows,
+            result.user_rows,
+            time.monotonic() - chunk_started,
         )
         if result.batches < chunk_batches:
             break
@@ -368,7 +379,7 @@ class RebuildReport:
 
 
 def day_floor(moment: datetime) -> datetime:
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 

@@ -176,9 +176,7 @@ def _register(
         mine = [name for name in mine if name not in _existing(session, set(mine))]
         counts: dict[str, int] = dict(
             session.execute(
-                select(TenantName.kind, func.count())
-                .where(TenantName.tenant_id == tenant)
-                .group_by(TenantName.kind)
+                select(TenantName.kind, func.count()).where(TenantName.tenant_id == tenant).group_by(TenantName.kind)
             ).all()
         )
         added: list[Name] = []

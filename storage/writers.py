@@ -33,9 +33,7 @@ from models import AnalyticsEvent
 Writer = Callable[[Session, Sequence[dict[str, Any]]], None]
 
 COPY_COLUMNS = tuple(column.name for column in AnalyticsEvent.__table__.columns)
-COPY_STATEMENT = (
-    f"COPY {AnalyticsEvent.__tablename__} ({', '.join(COPY_COLUMNS)}) FROM STDIN"
-)  # names from the model, never from input
+COPY_STATEMENT = f"COPY {AnalyticsEvent.__tablename__} ({', '.join(COPY_COLUMNS)}) FROM STDIN"  # names from the model, never from input
 NULL = "\\N"
 # COPY text format: these characters must be escaped in a value (NUL is refused upstream).
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

@@ -62,13 +62,16 @@ __all__ = ["SOURCE_QUEUE", "DeadLetteringConsumer", "raw_payload"]
 
 def _ack_that_cannot_crash(ack: Callable[..., Any]) -> Callable[..., Any]:
     """``ack`` (Celery routes rejects the same way) logging its failure instead of raising it."""
+
     def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return ack(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the message stays in the broker: nothing is lost
             logger.warning(
                 "could not acknowledge a message (%s: %s); the broker will deliver it again"
-                " and its batch is written again idempotently", type(exc).__name__, exc,
+                " and its batch is written again idempotently",
+                type(exc).__name__,
+                exc,
             )
             return None
 
@@ -88,7 +91,8 @@ class DeadLetteringConsumer(Consumer):
             # Celery dropped the connection, then closing it failed (see the module docstring).
             logger.warning(
                 "the lost broker connection could not be closed cleanly (%s); its unacknowledged"
-                " messages return to the queue after the visibility timeout", cleanup_error,
+                " messages return to the queue after the visibility timeout",
+                cleanup_error,
             )
 
     @cached_property
@@ -126,7 +130,7 @@ class DeadLetteringConsumer(Consumer):
         try:
             flush = Flush.refused_whole(raw_payload(message, keep_chars), reason, SOURCE_QUEUE)
             commit_flush(self._dead_letter_sessions, flush, self._settings)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - waited out (requeued) or parked with its reason, never dropped
             if not caused_by_message(exc):  # the database is down (or misconfigured): wait
                 logger.warning("cannot dead-letter a message (%s: %s); it goes back to the queue",
                                type(exc).__name__, storable_text(exc, 300))  # fmt: skip

@@ -74,7 +74,7 @@ def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]
         # never fails (a failed task would be rejected: dropped by Redis' transport).
         flush = _decode_call(args, kwargs, settings.ingest_max_rows_per_message)
         result = commit_flush(self.session_factory, flush, settings)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - retried with backoff or parked with its reason, never dropped
         # Not about the rows (those were handled above): the database is down,
         # a deadlock, a bug, or a message that breaks the dead-letter insert.
         retries = self.request.retries

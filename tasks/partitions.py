@@ -10,7 +10,7 @@ time, and a retention run that finds another one in progress skips.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from config import get_settings
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def ensure_ahead(self: DatabaseTask) -> list[str]:
     """Create the missing ones of the current month and the months ahead."""
     policy = PartitionPolicy.from_settings(get_settings())
-    wanted = months_ahead(datetime.now(timezone.utc), policy.months_ahead)
+    wanted = months_ahead(datetime.now(UTC), policy.months_ahead)
     return [month.table_name for month in ensure_partitions(self.engine, wanted, policy)]
 
 
@@ -35,7 +35,7 @@ def apply_retention(self: DatabaseTask) -> dict[str, Any]:
     """Detach and drop (or keep detached) the months older than retention."""
     policy = PartitionPolicy.from_settings(get_settings())
     # DETACH and DROP need the owner, and cannot run inside the worker role's function.
-    report = run_retention(self.owner_engine, policy, datetime.now(timezone.utc))
+    report = run_retention(self.owner_engine, policy, datetime.now(UTC))
     if report.skipped:
         logger.info("retention skipped: %s", report.skipped)
     return {"detached": report.detached, "dropped": report.dropped, "skipped": report.skipped}

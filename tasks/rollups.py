@@ -40,7 +40,10 @@ def run(self: DatabaseTask) -> dict[str, Any]:
     if report.batches:
         logger.info(
             "rolled up %d events of %d batches in %d chunks, %.2fs",
-            report.events, report.batches, report.chunks, report.seconds,
+            report.events,
+            report.batches,
+            report.chunks,
+            report.seconds,
         )
     return {"batches": report.batches, "events": report.events, "seconds": round(report.seconds, 3)}
 

@@ -43,9 +43,7 @@ BROKER_CHECK_TIMEOUT_S = 3
 
 def pytest_configure(config: pytest.Config) -> None:
     base = make_url(os.environ.get("DATABASE_URL", Settings.model_fields["database_url"].default))
-    os.environ["ANALYTICS_ADMIN_DATABASE_URL"] = base.set(database="postgres").render_as_string(
-        hide_password=False
-    )
+    os.environ["ANALYTICS_ADMIN_DATABASE_URL"] = base.set(database="postgres").render_as_string(hide_password=False)
     os.environ["DATABASE_URL"] = base.set(database=TEST_DATABASE).render_as_string(hide_password=False)
     os.environ.setdefault("INGEST_QUEUE", f"ingest-test-{uuid.uuid4().hex[:8]}")
     # Tests send requests as fast as they can with one key; the rate limits have tests of their own.

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -26,7 +26,7 @@ from storage.histogram import RELATIVE_ERROR, LatencyHistogram
 from storage.partitions import Month, ensure_months
 from storage.sqlstate import sqlstate_in
 
-UTC = timezone.utc
+UTC = UTC
 DEADLOCK = frozenset({"40P01"})  # deadlock_detected
 DEADLOCK_ATTEMPTS = 3
 DEADLOCK_BACKOFF = Backoff(base_s=0.01, cap_s=0.1)
@@ -40,9 +40,17 @@ def hour_floor(moment: datetime) -> datetime:
 
 
 def event(
-    timestamp: datetime, *, tenant: str = "t1", feature: str = "f1", model: str | None = "m1",
-    user: str = "u1", latency_ms: int = 100, status: str = "success",
-    input_tokens: int = 10, output_tokens: int = 5, extra_tokens: int = 0,
+    timestamp: datetime,
+    *,
+    tenant: str = "t1",
+    feature: str = "f1",
+    model: str | None = "m1",
+    user: str = "u1",
+    latency_ms: int = 100,
+    status: str = "success",
+    input_tokens: int = 10,
+    output_tokens: int = 5,
+    extra_tokens: int = 0,
     event_id: uuid.UUID | None = None,
 ) -> Row:
     """One (mapping, payload) pair as the worker's decoder yields it."""
@@ -145,7 +153,14 @@ def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
     for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit}):
         *key, calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, latencies = row
         cells[tuple(key)] = Cell(
-            calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max,
+            calls,
+            errors,
+            inp,
+            out,
+            tokens,
+            lat_sum,
+            lat_min,
+            lat_max,
             LatencyHistogram.from_latencies(latencies),
         )
     return cells  # type: ignore[return-value]
@@ -172,12 +187,10 @@ def assert_rollups_match_raw(conn: Connection) -> None:
         assert stored.keys() == expected.keys(), f"{table}: keys differ"
         for key, cell in expected.items():
             assert stored[key] == cell, f"{table} {key}: {stored[key]} != {cell}"
-        percentiles = conn.execute(
-            text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES)}
-        )
+        percentiles = conn.execute(text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES)})
         for *key, exact in percentiles:
             cell = stored[tuple(key)]  # type: ignore[index]
-            for q, value in zip(QUANTILES, exact):
+            for q, value in zip(QUANTILES, exact, strict=False):
                 estimate = cell.histogram.quantile(q, cell.latency_min, cell.latency_max)
                 assert within_error(estimate, value), f"{table} {key} p{q}: {estimate} vs {value}"
     expected_users = {tuple(row[:4]): tuple(row[4:]) for row in conn.execute(text(EXPECTED_USERS))}

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,7 @@ def queue_depth(broker_url: str, queue: str) -> tuple[int, int]:
 
 @pytest.fixture
 def settings(broker_url: str, queue: str, database_url: str) -> Settings:
-    return Settings(
-        celery_broker_url=broker_url, ingest_queue=queue, database_url=database_url
-    )
+    return Settings(celery_broker_url=broker_url, ingest_queue=queue, database_url=database_url)
 
 
 @pytest.fixture
@@ -135,7 +133,9 @@ def small_messages(tenant: str, count: int, size: int) -> list[dict[str, Any]]:
     return [make_message(wire_rows(tenant, size)) for _ in range(count)]
 
 
-def settle(process: Aggregator, engine: Engine, tenant: str, expected_rows: int, processed: int, timeout: float) -> None:
+def settle(
+    process: Aggregator, engine: Engine, tenant: str, expected_rows: int, processed: int, timeout: float
+) -> None:
     """Wait until ``expected_rows`` rows of the tenant are stored and the process
     has accounted for ``processed`` events in its committed flushes."""
     wait_for(
@@ -289,12 +289,12 @@ def test_bad_rows_are_dead_lettered_while_flush_mates_land(
 ) -> None:
     process = start(INGEST_AGGREGATE_MAX_WAIT_MS="1000")
     good = [wire_rows(tenant, 10) for _ in range(6)]
-    far_future = wire_rows(tenant, 1, timestamp=datetime(2200, 6, 15, 12, 0, tzinfo=timezone.utc))[0]
+    far_future = wire_rows(tenant, 1, timestamp=datetime(2200, 6, 15, 12, 0, tzinfo=UTC))[0]
     negative = wire_rows(tenant, 1, input_tokens=-4)[0]
     not_ours = f"not a batch {tenant}"
     messages: list[Any] = [make_message(rows) for rows in good]
-    messages[2] = make_message(good[2][:5] + [far_future] + good[2][5:])  # refused by the write path
-    messages[4] = make_message(good[4][:3] + [negative] + good[4][3:])  # refused by validation
+    messages[2] = make_message([*good[2][:5], far_future, *good[2][5:]])  # refused by the write path
+    messages[4] = make_message([*good[4][:3], negative, *good[4][3:]])  # refused by validation
     with batch_publisher(settings) as publisher:
         for message in messages[:3]:
             publisher.publish(message, len(message["rows"]))
@@ -309,7 +309,9 @@ def test_bad_rows_are_dead_lettered_while_flush_mates_land(
     assert sum(f.messages for f in flushes) == 7
     assert sum(f.dead_lettered for f in flushes) == 3, flushes
     assert len(flushes) <= 2, flushes  # the bad rows do not split the flush into transactions
-    letters = {payload: (source, reason, attempts) for payload, source, reason, attempts in dead_letters_for(engine, tenant)}
+    letters = {
+        payload: (source, reason, attempts) for payload, source, reason, attempts in dead_letters_for(engine, tenant)
+    }
     assert len(letters) == 3, letters
 
     def letter(marker: str) -> tuple[str, str, int]:

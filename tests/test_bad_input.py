@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ GOOD: dict[str, Any] = {
     "latency_ms": 640.5,
     "status": "success",
 }
-FAR_FUTURE = datetime.now(timezone.utc) + timedelta(days=3650)
+FAR_FUTURE = datetime.now(UTC) + timedelta(days=3650)
 
 # (name, keyword overrides, the error it must raise, a word its message must contain)
 CLIENT_CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
@@ -102,9 +102,7 @@ CLIENT_CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
 ]
 
 
-def test_track_refuses_bad_input_by_name_and_the_good_events_beside_it_land(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_track_refuses_bad_input_by_name_and_the_good_events_beside_it_land(engine: Engine, tmp_path: Path) -> None:
     queue = f"bad-input-{uuid.uuid4().hex[:8]}"
     tenant = f"bad-client-{uuid.uuid4().hex[:8]}"
     tracker = Tracker(Settings(celery_broker_url=BROKERS["rabbitmq"], ingest_queue=queue,
@@ -126,7 +124,7 @@ def test_track_refuses_bad_input_by_name_and_the_good_events_beside_it_land(
         with pytest.raises(TypeError, match="user_id"):  # a required field missing
             tracker.track(tenant_id=tenant, **GOOD)  # type: ignore[call-arg]
         # The same event tracked twice (a retried request with its own idempotency key): stored once.
-        event_id, when = uuid.uuid4(), datetime.now(timezone.utc)
+        event_id, when = uuid.uuid4(), datetime.now(UTC)
         for _ in range(2):
             assert tracker.track(tenant_id=tenant, user_id=f"u{good}", event_id=event_id, timestamp=when, **GOOD)
         good += 1
@@ -162,6 +160,7 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
         return malformed.row(malformed.event(tenant, good_users[-1]))
 
     with celery_worker(broker_url, queue, log_dir=tmp_path) as worker, Connection(broker_url) as conn:
+
         def send(argument: Any) -> None:
             app.send_task(INGEST_WRITE_BATCH, args=[argument], queue=queue, connection=conn)
 
@@ -202,6 +201,7 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
     assert set(users.values()) == {1}, "an event stored twice"
     found = letters(engine, tenant)
     assert len(found) == expected_letters, [reason for _, reason, _ in found]
+
     def letter(marker: str) -> tuple[str, str]:
         [(source, reason)] = [(s, r) for s, r, p in found if marker in p]
         return source, reason
@@ -215,7 +215,7 @@ def test_bad_input_on_the_queue_is_dead_lettered_with_its_reason_and_the_good_ev
     for n, raw in enumerate(malformed.RAW_BODIES):
         source, reason = letter(f"{tenant}-raw-{n}")
         assert source == "queue" and raw.reason in reason, f"{raw.name}: {reason}"
-    source, reason = letter('"rows_total": %d' % OVER_THE_CAP)
+    source, reason = letter(f'"rows_total": {OVER_THE_CAP}')
     assert source == "worker" and f"INGEST_MAX_ROWS_PER_MESSAGE={AT_THE_CAP}" in reason, reason
 
 
@@ -283,7 +283,7 @@ def test_malformed_events_are_stored_or_dead_lettered_never_lost_never_raised(
     if rows and data.draw(st.booleans()):
         rows.append(list(rows[0]) if isinstance(rows[0], list) else rows[0])  # a repeat in the batch
     message = over_the_wire(malformed.message(rows))
-    window_end = datetime.now(timezone.utc) + timedelta(days=1)
+    window_end = datetime.now(UTC) + timedelta(days=1)
     decoded = decode_message(message)
     with Session(engine) as session:
         session.begin()
@@ -310,11 +310,25 @@ def test_malformed_events_are_stored_or_dead_lettered_never_lost_never_raised(
 @settings(max_examples=300, deadline=None)
 @given(
     overrides=st.dictionaries(
-        st.sampled_from(["tenant_id", "feature_name", "user_id", "model", "input_tokens", "output_tokens",
-                         "tokens_used", "latency_ms", "status", "error_type", "timestamp", "event_id"]),
-        st.one_of(JUNK, st.datetimes(timezones=st.none() | st.just(timezone.utc)), st.uuids()),
+        st.sampled_from(
+            [
+                "tenant_id",
+                "feature_name",
+                "user_id",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "tokens_used",
+                "latency_ms",
+                "status",
+                "error_type",
+                "timestamp",
+                "event_id",
+            ]
+        ),
+        st.one_of(JUNK, st.datetimes(timezones=st.none() | st.just(UTC)), st.uuids()),
         max_size=4,
-    )  # fmt: skip
+    )
 )
 def test_track_refuses_by_name_or_makes_a_row_the_worker_accepts(overrides: dict[str, Any]) -> None:
     """The two edges agree: whatever ``track()`` accepts, the worker's contract accepts."""
@@ -365,7 +379,7 @@ def http(database_url: str, engine: Engine) -> Iterator[tuple[Any, dict[str, str
         tracker.close(timeout=0)
 
 
-HTTP_VALUE = st.one_of(JUNK, st.datetimes(timezones=st.none() | st.just(timezone.utc)).map(datetime.isoformat),
+HTTP_VALUE = st.one_of(JUNK, st.datetimes(timezones=st.none() | st.just(UTC)).map(datetime.isoformat),
                        st.uuids().map(str))  # fmt: skip
 
 
@@ -373,13 +387,33 @@ HTTP_VALUE = st.one_of(JUNK, st.datetimes(timezones=st.none() | st.just(timezone
 @given(
     events=st.lists(
         st.dictionaries(
-            st.sampled_from([*sorted({"feature_name", "user_id", "model", "input_tokens", "output_tokens",
-                                      "tokens_used", "latency_ms", "status", "error_type", "timestamp",
-                                      "event_id"}), "tenant_id", "colour"]),
-            HTTP_VALUE, max_size=5,
+            st.sampled_from(
+                [
+                    *sorted(
+                        {
+                            "feature_name",
+                            "user_id",
+                            "model",
+                            "input_tokens",
+                            "output_tokens",
+                            "tokens_used",
+                            "latency_ms",
+                            "status",
+                            "error_type",
+                            "timestamp",
+                            "event_id",
+                        }
+                    ),
+                    "tenant_id",
+                    "colour",
+                ]
+            ),
+            HTTP_VALUE,
+            max_size=5,
         ).map(lambda e: {"feature_name": "summarization", "user_id": "u1", **e}),
-        min_size=1, max_size=8,
-    )  # fmt: skip
+        min_size=1,
+        max_size=8,
+    )
 )
 def test_http_endpoint_answers_every_malformed_event(http: tuple[Any, dict[str, str], Tracker],
                                                      events: list[dict[str, Any]]) -> None:  # fmt: skip

@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +18,15 @@ import pytest
 import bench.abuse  # noqa: F401 - imports the attack modules, which register the catalogue
 from bench.abuse_attacks import MONTHS, outside_window_months
 from bench.abuse_core import (
-    REGISTRY, TARGET_MIN_ATTACKS, Attack, AttackResult, Verdict, attack, attack_table, failed_to_run, figures,
+    REGISTRY,
+    TARGET_MIN_ATTACKS,
+    Attack,
+    AttackResult,
+    Verdict,
+    attack,
+    attack_table,
+    failed_to_run,
+    figures,
 )  # fmt: skip
 from bench.abuse_stack import celery_app_of, raw_post
 from config.settings import Settings
@@ -101,7 +109,7 @@ def test_the_month_attacks_name_only_months_the_accept_window_refuses() -> None:
     settings = Settings()
     months = outside_window_months(SimpleNamespace(settings=settings), MONTHS)  # type: ignore[arg-type]
     assert len(set(months)) == MONTHS
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     oldest = Month.of(now - timedelta(days=settings.event_max_past_age_days))
     newest = Month.of(now + timedelta(seconds=settings.event_max_future_skew_s))
     assert all(m.end <= oldest.start or m.start > newest.end for m in months)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ from kombu import Connection
 from sqlalchemy import Engine, text
 
 from cli.main import cli
-from tasks.broker import dead_queue_name
 from devtools.processes import wait_for
 from devtools.workers import celery_worker, describe
+from tasks.broker import dead_queue_name
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -71,7 +71,7 @@ def test_load_tracks_events_that_the_worker_stores(
     from config import get_settings
 
     queue = f"cli-load-{uuid.uuid4().hex[:8]}"
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     monkeypatch.setenv("INGEST_QUEUE", queue)
     monkeypatch.setenv("CELERY_BROKER_URL", RABBITMQ)
     monkeypatch.setenv("PRODUCER_SPOOL_DIR", str(tmp_path / "spool"))
@@ -99,9 +99,7 @@ def test_load_tracks_events_that_the_worker_stores(
             conn.default_channel.queue_delete(dead_queue_name(queue))
 
 
-def test_load_with_the_broker_down_fails_with_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_with_the_broker_down_fails_with_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cli import load as load_module
     from config import get_settings
 
@@ -137,14 +135,15 @@ def test_api_keys_create_list_revoke(database_url: str) -> None:
 
 
 def test_report_prints_the_tenants_tables(engine: Engine) -> None:
+    from sqlalchemy.orm import Session
+
     from config import get_settings
     from schema.event import WIRE_FIELDS, parse_wire_row
     from storage.events import store_batch
     from storage.rollups import run_until_idle
-    from sqlalchemy.orm import Session
 
     tenant = f"report-{uuid.uuid4().hex[:6]}"
-    now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     wires = [[uuid.uuid4().hex, tenant, "forecasting", f"user-{i % 3}", None, 5, 5, None, 100, "success", None,
               now_us - i] for i in range(30)]  # fmt: skip
     with Session(engine) as session, session.begin():
@@ -177,7 +176,7 @@ def test_api_keys_expire_and_record_their_last_use_once_a_minute(engine: Engine)
     created = runner.invoke(cli, ["api-keys", "create", "--tenant", tenant, "--expires-in-days", "2"])
     assert created.exit_code == 0, created.output
     prefix, key = created.output.split()[3], created.output.splitlines()[1]
-    expires = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d")
+    expires = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%d")
     assert f"expires {expires}" in created.output
     listed = runner.invoke(cli, ["api-keys", "list", "--tenant", tenant]).output
     line = next(row for row in listed.splitlines() if row.startswith(prefix))
@@ -188,7 +187,7 @@ def test_api_keys_expire_and_record_their_last_use_once_a_minute(engine: Engine)
     with TestClient(app) as client:
         assert client.get("/api/me", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     first = _key_row(engine, prefix).last_used_at
-    assert first is not None and datetime.now(timezone.utc) - first < timedelta(minutes=1)
+    assert first is not None and datetime.now(UTC) - first < timedelta(minutes=1)
     with Session(engine) as session, session.begin():
         authenticate(session, key)
     assert _key_row(engine, prefix).last_used_at == first  # no write within the minute
@@ -223,9 +222,10 @@ def test_api_keys_expire_and_record_their_last_use_once_a_minute(engine: Engine)
 
 def test_dashboard_key_revokes_the_demo_key_made_before(engine: Engine, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from sqlalchemy.orm import Session
+
     import demo.__main__ as demo_main
     from storage.api_keys import list_keys
-    from sqlalchemy.orm import Session
 
     monkeypatch.setattr(demo_main, "DASHBOARD_KEY_FILE", tmp_path / "dashboard-key")
     tenant = f"demo-{uuid.uuid4().hex[:6]}"
@@ -245,16 +245,16 @@ ESCAPED_FEATURE = "evil\\x1b[2J\\x07\\x9b31m\\x0afeature"
 
 
 def test_control_characters_of_stored_names_are_printed_escaped(engine: Engine) -> None:
-    from config import get_settings
-    from schema.event import WIRE_FIELDS, parse_wire_row
     from sqlalchemy.orm import Session
 
+    from config import get_settings
+    from schema.event import WIRE_FIELDS, parse_wire_row
     from storage.dead_letters import Rejected, record
     from storage.events import store_batch
     from storage.rollups import run_until_idle
 
     tenant = f"esc-{uuid.uuid4().hex[:6]}"
-    now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     wires = [[uuid.uuid4().hex, tenant, HOSTILE_FEATURE, "user\x1b]0;owned\x07", None, 5, 5, None, 100, "success",
               None, now_us - i] for i in range(3)]  # fmt: skip
     reason = f"test {tenant}: feature {HOSTILE_FEATURE} refused"
@@ -404,7 +404,9 @@ def test_an_unreachable_database_is_one_line_and_debug_shows_the_traceback() -> 
     result = run_cli(["partitions", "list"], env)
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("Error: cannot reach PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:9/nowhere")
+    assert result.stderr.startswith(
+        "Error: cannot reach PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"
+    )
     assert "port 9 failed: Connection refused" in result.stderr and "start it or set DATABASE_URL" in result.stderr
     assert "--debug" in result.stderr
 

@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,9 @@ def _post(server: Server, key: str, events: list[dict[str, Any]]) -> None:
 
 def _stored(engine: Engine, tenant: str) -> int:
     with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
+        return conn.execute(
+            text("SELECT count(*) FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}
+        ).scalar_one()
 
 
 def _delete_queue(name: str) -> None:
@@ -121,7 +123,7 @@ def seeded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         _, other_key = create_key(session, name="dashboard test, other", tenant_id=other_tenant)
     queue = f"ingest-dashboard-{suffix}"
     env = {"INGEST_QUEUE": queue, "CELERY_BROKER_URL": RABBITMQ, "PRODUCER_SPOOL_DIR": str(log_dir / "spool")}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     recent = _recent_events(now)
     old = [_event(OLD_EVENT_FEATURE, 0, now - OLD_EVENT_AGE)]
     others = [_event("summarization", i, now - timedelta(minutes=i)) for i in range(OTHER_TENANT_CALLS)]
@@ -345,7 +347,7 @@ def test_many_features_one_chart_request_top_ten_drawn_all_in_the_table(
     """A tenant with MANY_FEATURES features (rollups written directly): the page asks for the series
     once, draws the 10 with the most calls, says how many more the table holds, and lists them all."""
     tenant = f"dash-many-{uuid.uuid4().hex[:8]}"
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     calls = {f"feature-{i:02d}": 100 - i for i in range(MANY_FEATURES)}  # feature-00 has the most
     with engine.begin() as conn:
         for feature, count in calls.items():

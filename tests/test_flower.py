@@ -128,7 +128,7 @@ def test_flower_shows_the_worker_its_queue_and_the_tasks_it_ran(
                         producer_batch_size=EVENTS_PER_MESSAGE, producer_spool_dir=str(tmp_path / "spool"))  # fmt: skip
     tracker = Tracker(settings)
     try:
-        for message in range(MESSAGES):
+        for _message in range(MESSAGES):
             for i in range(EVENTS_PER_MESSAGE):
                 assert tracker.track(tenant_id=tenant, feature_name="summarization", user_id=f"u{i}")
             assert tracker.flush(10), "the producer could not publish"

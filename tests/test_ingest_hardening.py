@@ -271,7 +271,9 @@ def test_other_tasks_and_wrong_calls_on_the_ingest_queue_are_dead_lettered_not_r
         publish_call(broker, queue, [], {"marker": marker}, task=ROLLUPS_RUN)
         publish_call(broker, queue, [], {"marker": marker}, task=PARTITIONS_APPLY_RETENTION)
         publish_call(broker, queue, [make_message(wire_rows(tenant, 2)), marker], {})  # two positional arguments
-        publish_call(broker, queue, [], {"message": make_message(wire_rows(tenant, 2)), "marker": marker})  # unknown kwarg
+        publish_call(
+            broker, queue, [], {"message": make_message(wire_rows(tenant, 2)), "marker": marker}
+        )  # unknown kwarg
         publish_call(broker, queue, [], {"batch": marker})  # kwargs only, wrong name
         publish_batches(broker, queue, [make_message(wire_rows(tenant, 3))])
         wait_for(lambda: len(letters(engine, marker)) >= 5 and stored(engine, tenant) == (3, 3), SETTLE_S,
@@ -324,7 +326,9 @@ def test_nul_and_control_characters_are_dead_lettered_and_the_rest_lands(
         # a content type holding NUL and ESC (quoted in the reason)
         publish_raw(broker, queue, f"{{not json {marker}".encode(), content_type="application/\x00json\x1b[2J")
         # a header holding NUL: the task name, quoted in the reason
-        publish_raw(broker, queue, json.dumps([[marker], {}, {}]).encode(), headers=task_headers(f"evil\x00task\x07{marker}"))
+        publish_raw(
+            broker, queue, json.dumps([[marker], {}, {}]).encode(), headers=task_headers(f"evil\x00task\x07{marker}")
+        )
         # a body holding NUL and control characters, in and out of the JSON strings
         publish_raw(broker, queue, b"\x00\x01{" + marker.encode() + b"\x1b\x00")
         bad_row = wire_rows(tenant, 1, user_id=f"{marker}\x00\x1b[31m")[0]
@@ -346,14 +350,18 @@ def test_nul_and_control_characters_are_dead_lettered_and_the_rest_lands(
 def _refuse_dead_letters_holding(engine: Engine, marker: str) -> None:
     """A database-side refusal that is about the message (not an outage): a trigger."""
     with engine.begin() as conn:
-        conn.execute(text(f"""
+        conn.execute(
+            text(f"""
             CREATE OR REPLACE FUNCTION h4_refuse() RETURNS trigger AS $$
             BEGIN
                 IF NEW.payload LIKE '%{marker}%' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;
                 RETURN NEW;
-            END $$ LANGUAGE plpgsql"""))  # marker is a uuid hex: no quoting issue
+            END $$ LANGUAGE plpgsql""")
+        )  # marker is a uuid hex: no quoting issue
         conn.execute(text("DROP TRIGGER IF EXISTS h4_refuse ON dead_letters"))
-        conn.execute(text("CREATE TRIGGER h4_refuse BEFORE INSERT ON dead_letters FOR EACH ROW EXECUTE FUNCTION h4_refuse()"))
+        conn.execute(
+            text("CREATE TRIGGER h4_refuse BEFORE INSERT ON dead_letters FOR EACH ROW EXECUTE FUNCTION h4_refuse()")
+        )
 
 
 @pytest.fixture
@@ -366,7 +374,11 @@ def refusing_trigger(engine: Engine) -> Iterator[Callable[[str], None]]:
 
 @pytest.mark.parametrize("ingest", [*MODES, TASK_ON_REDIS], indirect=True)
 def test_a_message_that_cannot_be_dead_lettered_is_parked_not_looped_on(
-    ingest: Callable[..., AbstractContextManager[LoggedProcess]], broker: str, queue: str, tenant: str, engine: Engine,
+    ingest: Callable[..., AbstractContextManager[LoggedProcess]],
+    broker: str,
+    queue: str,
+    tenant: str,
+    engine: Engine,
     refusing_trigger: Callable[[str], None],
 ) -> None:
     marker = uuid.uuid4().hex
@@ -376,8 +388,11 @@ def test_a_message_that_cannot_be_dead_lettered_is_parked_not_looped_on(
         bad_row = wire_rows(tenant, 1, user_id=f"{marker}-\x00")[0]
         publish_batches(broker, queue, [make_message([bad_row, *wire_rows(tenant, 2)])])
         publish_batches(broker, queue, [make_message(wire_rows(tenant, 5))])
-        wait_for(lambda: queue_messages(dead_queue_name(queue), broker) >= 2 and stored(engine, tenant)[0] >= 5, SETTLE_S,
-                 lambda: info(process, parked=queue_messages(dead_queue_name(queue), broker), stored=stored(engine, tenant)))
+        wait_for(
+            lambda: queue_messages(dead_queue_name(queue), broker) >= 2 and stored(engine, tenant)[0] >= 5,
+            SETTLE_S,
+            lambda: info(process, parked=queue_messages(dead_queue_name(queue), broker), stored=stored(engine, tenant)),
+        )
         time.sleep(2)
         assert queue_messages(dead_queue_name(queue), broker) == 2, info(process)
         assert process.log().count("parked a") == 2, info(process)

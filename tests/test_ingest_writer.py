@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -47,7 +47,7 @@ def make_rows(tenant: str, n: int) -> list[Row]:
             uuid.uuid4().hex, tenant, "summarize", f"user-{i}", "gpt-test",
             i, 2, i + 2, 100 + i, "success", None, now_us - i,
         ]  # fmt: skip
-        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))))
+        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
     return rows
 
 
@@ -81,9 +81,7 @@ def stored(engine: Engine, tenant: str) -> tuple[int, int]:
 def stored_ids(engine: Engine, tenant: str) -> set[uuid.UUID]:
     with engine.connect() as conn:
         return set(
-            conn.execute(
-                text("SELECT event_id FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}
-            ).scalars()
+            conn.execute(text("SELECT event_id FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}).scalars()
         )
 
 
@@ -117,7 +115,7 @@ def test_overlapping_batch_stores_only_the_new_events(engine: Engine, tenant: st
     old, new = make_rows(tenant, 30), make_rows(tenant, 20)
     write(engine, old, settings)
     # Already-stored events scattered among new ones, as a partly replayed spool would send them.
-    mixed = [row for pair in zip(old[10:], new) for row in pair]
+    mixed = [row for pair in zip(old[10:], new, strict=False) for row in pair]
     result = write(engine, mixed, settings)
     assert (result.stored, result.duplicates, result.rejected) == (20, 20, [])
     assert stored(engine, tenant) == (50, 50)
@@ -142,7 +140,9 @@ def as_tenant(row: Row, tenant: str) -> Row:
     return tamper(row, tenant_id=tenant)
 
 
-def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(engine: Engine, tenant: str, settings: Settings) -> None:
+def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
     """Issue 12 finding 6: tenant A's pre-submitted ids must not drop tenant B's events."""
     attacker = f"{tenant}-a"
     victim_rows = make_rows(tenant, 20)
@@ -154,7 +154,11 @@ def test_the_same_event_id_and_timestamp_in_two_tenants_stores_two_events(engine
     # Both tenants in one batch too: two events each, none a duplicate of the other.
     both = make_rows(tenant, 5)
     mixed = both + [as_tenant(row, attacker) for row in both]
-    assert (write(engine, mixed, settings).stored, stored(engine, tenant)[0], stored(engine, attacker)[0]) == (10, 25, 25)
+    assert (write(engine, mixed, settings).stored, stored(engine, tenant)[0], stored(engine, attacker)[0]) == (
+        10,
+        25,
+        25,
+    )
 
 
 def test_a_redelivered_two_tenant_batch_stores_nothing_twice(engine: Engine, tenant: str, settings: Settings) -> None:
@@ -212,7 +216,9 @@ def test_row_violating_a_check_constraint_is_dead_lettered_while_its_batch_mates
     assert (letter["source"], letter["attempts"]) == ("worker", 1)
 
 
-def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engine, tenant: str, settings: Settings) -> None:
+def test_several_rejected_rows_are_isolated_whatever_their_position(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
     rows = make_rows(tenant, 200)
     broken = {
         0: (tamper(rows[0], status="pending"), "status_known"),  # check constraint
@@ -234,7 +240,9 @@ def test_several_rejected_rows_are_isolated_whatever_their_position(engine: Engi
     assert len(letters_for(engine, tenant)) == len(broken)
 
 
-def test_a_batch_of_only_rejected_rows_stores_nothing_and_letters_all(engine: Engine, tenant: str, settings: Settings) -> None:
+def test_a_batch_of_only_rejected_rows_stores_nothing_and_letters_all(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
     rows = [tamper(row, tokens_used=0) for row in make_rows(tenant, 5)]
     result = write(engine, rows, settings)
     assert result.stored == 0
@@ -267,15 +275,15 @@ def test_the_same_payload_twice_in_one_call_is_one_row(engine: Engine, tenant: s
     payload = {"tenant_id": tenant, "status": "weird"}
     other = {"tenant_id": tenant, "status": "odd"}
     with transaction(engine) as session:
-        dead_letters.record(
-            session, [Rejected(payload, "a"), Rejected(dict(payload), "b"), Rejected(other, "c")]
-        )
+        dead_letters.record(session, [Rejected(payload, "a"), Rejected(dict(payload), "b"), Rejected(other, "c")])
     letters = letters_for(engine, tenant)
     assert len(letters) == 2
     assert all(letter["attempts"] == 1 for letter in letters)
 
 
-def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(engine: Engine, tenant: str, settings: Settings) -> None:
+def test_a_redelivered_batch_with_a_bad_row_bumps_its_dead_letter(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
     """Redelivery of a batch: the good rows are duplicates, the bad row's letter counts twice."""
     rows = make_rows(tenant, 20)
     rows[3] = tamper(rows[3], tokens_used=1)
@@ -296,7 +304,7 @@ def test_the_callers_settings_decide_not_the_process_environment(
 ) -> None:
     """store_batch reads no global settings: a past bound passed in refuses what the process's would store."""
     rows = make_rows(tenant, 2)
-    rows[0] = tamper(rows[0], timestamp=datetime.now(timezone.utc) - timedelta(days=3))
+    rows[0] = tamper(rows[0], timestamp=datetime.now(UTC) - timedelta(days=3))
     strict = settings.model_copy(update={"event_max_past_age_days": 1})
     assert get_settings().event_max_past_age_days > 3  # the process's own bound would take the old event
     refused = write(engine, rows, strict)

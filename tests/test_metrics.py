@@ -65,4 +65,4 @@ def test_metrics_show_worker_counters_and_pipeline_state(engine: Engine, tmp_pat
     assert sample(text, "analytics_ingest_queue_consumers") == 1
     assert sample(text, "analytics_dead_letters") is not None
     assert sample(text, "analytics_rollup_lag_seconds") is not None
-    assert 'analytics_scrape_errors_total{source=' not in text, text
+    assert "analytics_scrape_errors_total{source=" not in text, text

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,11 +27,11 @@ from kombu import Connection
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from storage.api_keys import create_key
+from config import get_settings
 from devtools.web import Server, uvicorn_server
 from devtools.workers import celery_worker
+from storage.api_keys import create_key
 from web.app import app
-from config import get_settings
 from web.dashboard import DEFAULT_SERIES_FEATURES, EARLIEST, LATEST, MAX_WINDOW
 
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -66,7 +66,7 @@ def _utc_within_bounds(value: Any) -> datetime | None:
     if moment is None:
         return None
     try:
-        utc = moment.astimezone(timezone.utc)
+        utc = moment.astimezone(UTC)
     except OverflowError:  # an offset pushed it past year 1 or 9999
         utc = EARLIEST if moment.year < YEAR_MIDDLE else LATEST
     return min(max(utc, EARLIEST + RANGE_FIX), LATEST)
@@ -87,7 +87,7 @@ def _keep_range_consistent(case: schemathesis.Case) -> None:
     if "start" not in query:
         return
     start = _moment(query["start"])
-    end = _moment(query.get("end")) if "end" in query else datetime.now(timezone.utc)
+    end = _moment(query.get("end")) if "end" in query else datetime.now(UTC)
     if start is None or end is None:
         return
     top = query.get("top", DEFAULT_SERIES_FEATURES)
@@ -133,6 +133,11 @@ def test_the_schema_lists_the_dashboard_and_ingest_routes(served: tuple[Server, 
     served = httpx.get(server.url + SCHEMA_PATH, timeout=10).json()
     assert served == app.openapi()
     paths = served["paths"]
-    for path in ("/v1/events", "/api/me", "/api/tenants/{tenant_id}/summary", "/api/tenants/{tenant_id}/series",
-                 "/api/tenants/{tenant_id}/feature-series"):
+    for path in (
+        "/v1/events",
+        "/api/me",
+        "/api/tenants/{tenant_id}/summary",
+        "/api/tenants/{tenant_id}/series",
+        "/api/tenants/{tenant_id}/feature-series",
+    ):
         assert path in paths, sorted(paths)

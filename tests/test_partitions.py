@@ -13,7 +13,7 @@ import multiprocessing
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from storage.partitions import (
     run_retention,
 )
 
-UTC = timezone.utc
+UTC = UTC
 ALL_PAST_DAYS = 100 * 366  # wider than any month these tests use
 POLICY = PartitionPolicy(max_past_age_days=ALL_PAST_DAYS)  # retention off: every past month is accepted
 TENANT = "tenant-partitions"
@@ -73,7 +73,7 @@ def wire_row(timestamp: datetime, **overrides: Any) -> list[Any]:
 def event(timestamp: datetime, **overrides: Any) -> Row:
     """A row as the worker hands it to store_batch: (column mapping, wire payload)."""
     row = wire_row(timestamp, **overrides)
-    return parse_wire_row(WIRE_FIELDS, row), dict(zip(WIRE_FIELDS, row))
+    return parse_wire_row(WIRE_FIELDS, row), dict(zip(WIRE_FIELDS, row, strict=False))
 
 
 def store(engine: Engine, rows: list[Row], policy: PartitionPolicy = POLICY) -> FlushResult:
@@ -85,10 +85,7 @@ def partition_of(engine: Engine, rows: list[Row]) -> dict[uuid.UUID, str]:
     ids = [mapping["event_id"] for mapping, _ in rows]
     with engine.connect() as conn:
         found = conn.execute(
-            text(
-                "SELECT event_id, tableoid::regclass::text FROM analytics_events"
-                " WHERE event_id = ANY(:ids)"
-            ),
+            text("SELECT event_id, tableoid::regclass::text FROM analytics_events WHERE event_id = ANY(:ids)"),
             {"ids": ids},
         )
         return {event_id: table for event_id, table in found}
@@ -102,15 +99,19 @@ def drop_months(engine: Engine, months: list[Month]) -> None:
 
 def missing_indexes(conn: Connection, table: str) -> list[str]:
     """Indexes of the parent that have no attached counterpart on partition ``table``."""
-    return conn.execute(
-        text(
-            "SELECT p.indexrelid::regclass::text FROM pg_index p"
-            " WHERE p.indrelid = 'analytics_events'::regclass AND NOT EXISTS ("
-            "  SELECT 1 FROM pg_inherits h JOIN pg_index c ON c.indexrelid = h.inhrelid"
-            "  WHERE h.inhparent = p.indexrelid AND c.indrelid = to_regclass(:table))"
-        ),
-        {"table": table},
-    ).scalars().all()
+    return (
+        conn.execute(
+            text(
+                "SELECT p.indexrelid::regclass::text FROM pg_index p"
+                " WHERE p.indrelid = 'analytics_events'::regclass AND NOT EXISTS ("
+                "  SELECT 1 FROM pg_inherits h JOIN pg_index c ON c.indexrelid = h.inhrelid"
+                "  WHERE h.inhparent = p.indexrelid AND c.indrelid = to_regclass(:table))"
+            ),
+            {"table": table},
+        )
+        .scalars()
+        .all()
+    )
 
 
 def month_range(first: Month, count: int) -> list[Month]:
@@ -159,9 +160,7 @@ def test_month_arithmetic_and_utc_conversion() -> None:
 def test_accept_window_bounds() -> None:
     now = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
     window = PartitionPolicy(retention_months=3, max_future_skew=timedelta(hours=1)).window(now)
-    assert window == AcceptWindow(
-        oldest=datetime(2026, 2, 1, tzinfo=UTC), newest=now + timedelta(hours=1)
-    )
+    assert window == AcceptWindow(oldest=datetime(2026, 2, 1, tzinfo=UTC), newest=now + timedelta(hours=1))
     assert window.refusal(datetime(2026, 2, 1, tzinfo=UTC)) is None
     assert window.refusal(now + timedelta(hours=1)) is None
     too_old = window.refusal(datetime(2026, 1, 31, 23, 59, tzinfo=UTC))
@@ -198,9 +197,7 @@ def test_year_boundary_events_land_in_their_months(engine: Engine, scratch_month
     }
 
 
-def test_event_of_a_month_without_partition_is_stored(
-    engine: Engine, scratch_months: list[Month]
-) -> None:
+def test_event_of_a_month_without_partition_is_stored(engine: Engine, scratch_months: list[Month]) -> None:
     scratch_months += [Month(2011, 12), Month(2012, 1), Month(2012, 7)]
     with engine.connect() as conn:
         assert not set(scratch_months) & existing_months(conn)
@@ -257,13 +254,17 @@ def test_events_outside_the_window_are_dead_lettered_with_their_reason(engine: E
     assert "older than the retention window" in reasons[old[1]["event_id"]]
     assert set(partition_of(engine, [inside, future, old])) == {inside[0]["event_id"]}
     with engine.connect() as conn:
-        stored_reasons = conn.execute(
-            text(
-                "SELECT reason FROM dead_letters"
-                " WHERE payload LIKE '%' || :a || '%' OR payload LIKE '%' || :b || '%'"
-            ),
-            {"a": future[1]["event_id"], "b": old[1]["event_id"]},
-        ).scalars().all()
+        stored_reasons = (
+            conn.execute(
+                text(
+                    "SELECT reason FROM dead_letters"
+                    " WHERE payload LIKE '%' || :a || '%' OR payload LIKE '%' || :b || '%'"
+                ),
+                {"a": future[1]["event_id"], "b": old[1]["event_id"]},
+            )
+            .scalars()
+            .all()
+        )
     assert sorted(stored_reasons) == sorted(reasons.values())
 
 
@@ -289,7 +290,7 @@ def test_a_month_kept_detached_is_not_recreated_and_its_events_are_dead_lettered
 
 def test_track_refuses_a_far_future_timestamp() -> None:
     tracker = Tracker(Settings(event_max_future_skew_s=60, producer_spool_dir=""))
-    with pytest.raises(ValueError, match="timestamp .* ahead of this clock"):
+    with pytest.raises(ValueError, match=r"timestamp .* ahead of this clock"):
         tracker.track(
             tenant_id=TENANT,
             feature_name="summarization",
@@ -323,8 +324,7 @@ def test_two_processes_ensuring_the_same_months_make_one_set(
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     children = [
-        ctx.Process(target=_ensure_in_child, args=(database_url, scratch_months, barrier, results))
-        for _ in range(2)
+        ctx.Process(target=_ensure_in_child, args=(database_url, scratch_months, barrier, results)) for _ in range(2)
     ]
     for child in children:
         child.start()
@@ -357,9 +357,7 @@ def test_retention_dry_run_then_real_run_remove_exactly_the_expired_months(
     now = datetime(2005, 7, 10, tzinfo=UTC)
     policy = PartitionPolicy(retention_months=6)  # keeps 2005-01 and later
     before = attached_names(engine)
-    expected = sorted(
-        name for name in before if (m := Month.from_table_name(name)) is not None and m < Month(2005, 1)
-    )
+    expected = sorted(name for name in before if (m := Month.from_table_name(name)) is not None and m < Month(2005, 1))
     assert {m.table_name for m in month_range(Month(2004, 1), 12)} <= set(expected)
 
     dry = run_retention(engine, policy, now, dry_run=True)
@@ -390,9 +388,7 @@ def test_retention_never_touches_the_current_or_future_months(engine: Engine) ->
     assert run_retention(engine, PartitionPolicy(), now).plan.oldest_kept is None  # off by default
 
 
-def test_ingest_continues_while_partitions_are_created_and_retired(
-    engine: Engine, scratch_months: list[Month]
-) -> None:
+def test_ingest_continues_while_partitions_are_created_and_retired(engine: Engine, scratch_months: list[Month]) -> None:
     old = month_range(Month(2001, 1), 6)
     future = month_range(Month(2047, 1), 12)
     late = month_range(Month(2016, 1), 12)  # no partition yet: created by the writers
@@ -417,16 +413,14 @@ def test_ingest_continues_while_partitions_are_created_and_retired(
                     raise AssertionError(f"batch {batch_no}: {result}")
                 sent.extend(rows)
                 batch_no += 1
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     writer = threading.Thread(target=ingest)
     writer.start()
     try:
         created = ensure_partitions(engine, future, POLICY)
-        report = run_retention(
-            engine, PartitionPolicy(retention_months=3), datetime(2002, 1, 15, tzinfo=UTC)
-        )
+        report = run_retention(engine, PartitionPolicy(retention_months=3), datetime(2002, 1, 15, tzinfo=UTC))
     finally:
         stop.set()
         writer.join(CHILD_TIMEOUT_S)
@@ -442,9 +436,7 @@ def test_ingest_continues_while_partitions_are_created_and_retired(
 # --- the dashboard query ---------------------------------------------------------------
 
 
-def test_dashboard_query_scans_only_the_two_months_it_asks_for(
-    engine: Engine, scratch_months: list[Month]
-) -> None:
+def test_dashboard_query_scans_only_the_two_months_it_asks_for(engine: Engine, scratch_months: list[Month]) -> None:
     scratch_months += month_range(Month(2019, 1), 6)
     ensure_partitions(engine, scratch_months, POLICY)
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
@@ -453,7 +445,10 @@ def test_dashboard_query_scans_only_the_two_months_it_asks_for(
         event(datetime(2019, 3, 1, tzinfo=UTC), **mine, latency_ms=100, input_tokens=10, output_tokens=0),
         event(
             datetime(2019, 4, 30, 23, 59, 59, tzinfo=UTC),
-            **mine, latency_ms=300, input_tokens=30, output_tokens=0,
+            **mine,
+            latency_ms=300,
+            input_tokens=30,
+            output_tokens=0,
         ),
         event(datetime(2019, 4, 2, tzinfo=UTC), **mine, feature_name="smart_search", latency_ms=50),
         event(datetime(2019, 4, 3, tzinfo=UTC), **mine, status="error", error_type="timeout"),
@@ -476,9 +471,7 @@ def test_dashboard_query_scans_only_the_two_months_it_asks_for(
 # --- migrations ----------------------------------------------------------------------
 
 
-def test_alembic_autogenerate_leaves_partitions_alone(
-    engine: Engine, scratch_months: list[Month]
-) -> None:
+def test_alembic_autogenerate_leaves_partitions_alone(engine: Engine, scratch_months: list[Month]) -> None:
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.config import Config
@@ -546,9 +539,7 @@ def test_partition_ddl_gives_up_with_a_clear_error_when_the_lock_never_comes(
         assert Month(2046, 7) not in existing_months(conn)
 
 
-def test_retention_finishes_an_interrupted_concurrent_detach(
-    engine: Engine, scratch_months: list[Month]
-) -> None:
+def test_retention_finishes_an_interrupted_concurrent_detach(engine: Engine, scratch_months: list[Month]) -> None:
     scratch_months += [Month(2002, 1), Month(2002, 2)]
     ensure_partitions(engine, scratch_months, POLICY)
     reader = engine.connect()
@@ -558,10 +549,7 @@ def test_retention_finishes_an_interrupted_concurrent_detach(
         detacher.execute(text("SET lock_timeout = '200ms'"))
         with pytest.raises(DBAPIError, match="lock timeout"):
             detacher.execute(
-                text(
-                    "ALTER TABLE analytics_events"
-                    " DETACH PARTITION analytics_events_2002_01 CONCURRENTLY"
-                )
+                text("ALTER TABLE analytics_events DETACH PARTITION analytics_events_2002_01 CONCURRENTLY")
             )
         detacher.execute(text("RESET lock_timeout"))
     reader.rollback()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from storage.events import Row, WriteResult, store_batch
 from storage.partitions import Month, PartitionPolicy, existing_months, list_partitions
 from tasks.names import INGEST_WRITE_BATCH
 
-UTC = timezone.utc
+UTC = UTC
 DAY = timedelta(days=1)
 FIRST_ATTACK_MONTH = Month(1900, 1)
 ATTACK_MONTHS = 1000
@@ -61,7 +61,7 @@ def wire_row(tenant: str, moment: datetime, feature: str = "summarization") -> l
 
 
 def as_row(wire: list[Any]) -> Row:
-    return parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))
+    return parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))
 
 
 def store(engine: Engine, rows: list[Row], policy: PartitionPolicy) -> WriteResult:
@@ -80,9 +80,11 @@ def stored_count(engine: Engine, tenant: str) -> int:
 
 def letters(engine: Engine, tenant: str) -> list[str]:
     with engine.connect() as conn:
-        return conn.execute(
-            text("SELECT reason FROM dead_letters WHERE payload LIKE '%' || :t || '%'"), {"t": tenant}
-        ).scalars().all()
+        return (
+            conn.execute(text("SELECT reason FROM dead_letters WHERE payload LIKE '%' || :t || '%'"), {"t": tenant})
+            .scalars()
+            .all()
+        )
 
 
 def tables(engine: Engine) -> set[str]:

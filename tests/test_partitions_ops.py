@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from storage.partitions import (
 )
 from tasks.names import PARTITIONS_APPLY_RETENTION, PARTITIONS_ENSURE_AHEAD
 
-UTC = timezone.utc
+UTC = UTC
 # Months no other test uses; the CLI works on the real "now", so these sit
 # further back than any retention below reaches... except where a test wants it.
 OLD_MONTHS = [Month(1975, 1), Month(1975, 2)]
@@ -98,9 +98,7 @@ def test_beat_tasks_run_against_the_database(engine: Engine) -> None:
     assert apply_retention.apply().get() == {"detached": [], "dropped": [], "skipped": None}
 
 
-def test_a_second_retention_run_skips_while_one_holds_the_lock(
-    engine: Engine, old_months: list[Month]
-) -> None:
+def test_a_second_retention_run_skips_while_one_holds_the_lock(engine: Engine, old_months: list[Month]) -> None:
     policy = PartitionPolicy(retention_months=CENTURIES_OF_MONTHS)
     with engine.connect() as holder:
         lock = text("SELECT pg_try_advisory_lock(:k)")

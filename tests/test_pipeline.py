@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,9 +62,14 @@ def start_worker(broker_url: str, queue: str, database_url: str, tmp_path: Path)
         def start(concurrency: int = 1, pool: str = PROCFILE_POOL) -> Worker:
             return stack.enter_context(
                 celery_worker(
-                    broker_url, queue, log_dir=tmp_path, concurrency=concurrency, env=WORKER_ENV, pool=pool,
+                    broker_url,
+                    queue,
+                    log_dir=tmp_path,
+                    concurrency=concurrency,
+                    env=WORKER_ENV,
+                    pool=pool,
                     stop_timeout=1.0,  # every test has checked its outcome before teardown
-                )  # fmt: skip
+                )
             )
 
         yield start
@@ -90,10 +95,7 @@ def backends_waiting_on_lock(engine: Engine, worker: Worker) -> list[int]:
     with engine.connect() as conn:
         return list(
             conn.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity"
-                    " WHERE application_name = :app AND wait_event_type = 'Lock'"
-                ),
+                text("SELECT pid FROM pg_stat_activity WHERE application_name = :app AND wait_event_type = 'Lock'"),
                 {"app": worker.app_name},
             ).scalars()
         )
@@ -325,9 +327,9 @@ def test_rejected_rows_are_dead_lettered_while_batch_mates_land(
 ) -> None:
     worker = start_worker()
     good = wire_rows(tenant, 60)
-    far_future = wire_rows(tenant, 1, timestamp=datetime(2200, 6, 15, 12, 0, tzinfo=timezone.utc))[0]
+    far_future = wire_rows(tenant, 1, timestamp=datetime(2200, 6, 15, 12, 0, tzinfo=UTC))[0]
     negative = wire_rows(tenant, 1, input_tokens=-4)[0]
-    rows = good[:20] + [far_future] + good[20:40] + [negative] + good[40:]
+    rows = [*good[:20], far_future, *good[20:40], negative, *good[40:]]
     not_ours = f"not a batch {tenant}"
     with batch_publisher(settings) as publisher:
         publisher.publish(make_message(rows), len(rows))
@@ -351,10 +353,7 @@ def test_rejected_rows_are_dead_lettered_while_batch_mates_land(
             ).scalars()
         )
         letters = conn.execute(
-            text(
-                "SELECT payload, reason, attempts, source FROM dead_letters"
-                " WHERE payload LIKE '%' || :t || '%'"
-            ),
+            text("SELECT payload, reason, attempts, source FROM dead_letters WHERE payload LIKE '%' || :t || '%'"),
             {"t": tenant},
         ).all()
     assert stored_ids == {row[0] for row in good}

@@ -100,8 +100,14 @@ CLOSE_WAIT_S = 2.0
 
 def test_a_second_close_returns_at_once_while_the_broker_is_down(redis_server: PrivateRedis) -> None:
     """atexit closes a tracker the application closed already: that must not wait the timeout again."""
-    tracker = Tracker(Settings(celery_broker_url=redis_server.url, ingest_queue=f"test-close-{uuid.uuid4().hex[:8]}",
-                               producer_spool_dir="", producer_flush_interval_ms=50))  # never started: publishes fail
+    tracker = Tracker(
+        Settings(
+            celery_broker_url=redis_server.url,
+            ingest_queue=f"test-close-{uuid.uuid4().hex[:8]}",
+            producer_spool_dir="",
+            producer_flush_interval_ms=50,
+        )
+    )  # never started: publishes fail
     assert tracker.track(tenant_id="t", feature_name="summarization", user_id="u")
     started = time.monotonic()
     tracker.close(timeout=CLOSE_WAIT_S)

@@ -19,7 +19,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -131,7 +131,7 @@ def test_create_roles_hands_every_object_to_the_owner(roles_db: RolesDb, superus
 def test_worker_role_stores_a_new_month_rolls_up_and_dead_letters(roles_db: RolesDb, superuser: Engine) -> None:
     worker = roles_db.engine_as(roles_db.names.worker)
     tenant = f"roles-{uuid.uuid4().hex[:6]}"
-    moment = datetime.now(timezone.utc).replace(day=15, hour=12) - timedelta(days=31 * MONTHS_BACK)
+    moment = datetime.now(UTC).replace(day=15, hour=12) - timedelta(days=31 * MONTHS_BACK)
     month = Month.of(moment)
     try:
         with worker.connect() as conn:
@@ -167,7 +167,7 @@ def test_worker_role_stores_a_new_month_rolls_up_and_dead_letters(roles_db: Role
 def test_web_role_reads_a_summary_and_authenticates_but_never_writes(roles_db: RolesDb, superuser: Engine) -> None:
     web = roles_db.engine_as(roles_db.names.web)
     tenant = f"web-{uuid.uuid4().hex[:6]}"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     wires = [_wire(tenant, "smart-search", now - timedelta(minutes=5), i) for i in range(7)]
     try:
         with Session(superuser) as session, session.begin():
@@ -200,7 +200,7 @@ def test_web_role_reads_a_summary_and_authenticates_but_never_writes(roles_db: R
 
 
 def test_retention_runs_as_the_owner_and_not_as_the_worker(roles_db: RolesDb) -> None:
-    old = Month.of(datetime.now(timezone.utc)).shift(-MONTHS_BACK - 2)
+    old = Month.of(datetime.now(UTC)).shift(-MONTHS_BACK - 2)
     worker = roles_db.engine_as(roles_db.names.worker)
     owner = roles_db.engine_as(roles_db.names.owner)
     policy = PartitionPolicy(retention_months=MONTHS_BACK + 1)
@@ -209,8 +209,8 @@ def test_retention_runs_as_the_owner_and_not_as_the_worker(roles_db: RolesDb) ->
 
         assert ensure_partitions(worker, [old], PartitionPolicy()) == [old]  # the worker may create ...
         with pytest.raises(ProgrammingError):
-            run_retention(worker, policy, datetime.now(timezone.utc))  # ... but not retire
-        report = run_retention(owner, policy, datetime.now(timezone.utc))
+            run_retention(worker, policy, datetime.now(UTC))  # ... but not retire
+        report = run_retention(owner, policy, datetime.now(UTC))
         assert old.table_name in report.detached and old.table_name in report.dropped
     finally:
         worker.dispose()
@@ -296,7 +296,7 @@ def test_worker_and_web_processes_run_as_their_roles(roles_db: RolesDb, superuse
     web_url = make_url(roles_db.url).set(username=names.web).render_as_string(hide_password=False)
     queue = f"ingest-roles-{uuid.uuid4().hex[:8]}"
     tenant = f"proc-{uuid.uuid4().hex[:6]}"
-    moment = datetime.now(timezone.utc).replace(day=10, hour=8) - timedelta(days=31 * (MONTHS_BACK - 1))
+    moment = datetime.now(UTC).replace(day=10, hour=8) - timedelta(days=31 * (MONTHS_BACK - 1))
     month = Month.of(moment)
     events = 40
     with Session(superuser) as session, session.begin():

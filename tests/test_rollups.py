@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from config import get_settings
+from storage.events import store_batch
 from storage.histogram import (
     GAMMA,
     RELATIVE_ERROR,
@@ -32,7 +33,6 @@ from storage.histogram import (
     bucket_sql,
     representative,
 )
-from storage.events import store_batch
 from storage.partitions import Month, ensure_months
 from storage.rollups import rebuild, run_chunk, run_until_idle
 from tests.rollup_checks import (
@@ -66,9 +66,12 @@ def some_events(n: int, hours_ago: int = 1, seed: int = 0, **fixed: object) -> l
     return [
         event(
             start + timedelta(seconds=rng.randrange(3600)),
-            feature=rng.choice(["f1", "f2"]), model=rng.choice([None, "m1"]),
-            user=f"u{rng.randrange(4)}", latency_ms=rng.randrange(0, 5000),
-            status=rng.choice(["success", "error"]), **fixed,  # type: ignore[arg-type]
+            feature=rng.choice(["f1", "f2"]),
+            model=rng.choice([None, "m1"]),
+            user=f"u{rng.randrange(4)}",
+            latency_ms=rng.randrange(0, 5000),
+            status=rng.choice(["success", "error"]),
+            **fixed,  # type: ignore[arg-type]
         )
         for _ in range(n)
     ]
@@ -130,7 +133,7 @@ def test_histogram_quantiles_are_within_the_stated_error_of_percentile_disc(engi
                 {"vs": latencies},
             ).scalar_one()
             hist = LatencyHistogram.from_latencies(latencies)
-            for q, value in zip((0.5, 0.95, 0.99), exact):
+            for q, value in zip((0.5, 0.95, 0.99), exact, strict=False):
                 estimate = hist.quantile(q, min(latencies), max(latencies))
                 assert within_error(estimate, value), (size, q, estimate, value)
     assert RELATIVE_ERROR == 0.02
@@ -221,10 +224,9 @@ def test_overlapping_runs_take_disjoint_batches_and_count_each_once(engine: Engi
 def test_a_run_that_dies_half_way_counts_nothing(engine: Engine) -> None:
     for seed in range(3):
         ingest(engine, some_events(40, seed=seed))
-    with pytest.raises(Boom):
-        with engine.begin() as conn:
-            assert run_chunk(conn, chunk_batches=10).batches == 3
-            raise Boom  # after the upserts and the log delete, before the commit
+    with pytest.raises(Boom), engine.begin() as conn:
+        assert run_chunk(conn, chunk_batches=10).batches == 3
+        raise Boom  # after the upserts and the log delete, before the commit
     with engine.connect() as conn:
         assert rollup_rows(conn) == 0
         assert pending_batches(conn) == 3
@@ -266,7 +268,10 @@ def test_a_killed_rollup_process_counts_nothing(engine: Engine, database_url: st
     for seed in range(3):
         ingest(engine, some_events(40, seed=seed))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, database_url], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", CHILD, database_url],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     try:

@@ -52,9 +52,7 @@ ROLLERS = 2
 EXAMPLES = 30
 JOIN_TIMEOUT_S = 120
 
-latencies = st.one_of(
-    st.integers(0, 20), st.integers(0, 100_000), st.sampled_from([0, 1, MAX_LATENCY])
-)
+latencies = st.one_of(st.integers(0, 20), st.integers(0, 100_000), st.sampled_from([0, 1, MAX_LATENCY]))
 offsets_s = st.one_of(st.integers(0, RECENT_S), st.integers(*LATE_S))
 event_specs = st.fixed_dictionaries(
     {
@@ -128,15 +126,20 @@ def check_queries_against_raw(conn: Connection, start: datetime, end: datetime) 
             text(RAW_SUMMARY), {"tenant": tenant, "start": h0, "end": h1, "quantiles": list(QUANTILES)}
         ).all()
         assert [s.feature_name for s in answer] == [r[0] for r in raw]
-        for summary, row in zip(answer, raw):
+        for summary, row in zip(answer, raw, strict=False):
             figures = (
-                summary.calls, summary.errors, summary.input_tokens, summary.output_tokens,
-                summary.tokens_used, summary.latency_min_ms, summary.latency_max_ms,
+                summary.calls,
+                summary.errors,
+                summary.input_tokens,
+                summary.output_tokens,
+                summary.tokens_used,
+                summary.latency_min_ms,
+                summary.latency_max_ms,
             )
             assert figures == tuple(row[1:8])
             assert summary.latency_avg_ms == row[8] / row[1]
             estimates = (summary.latency_p50_ms, summary.latency_p95_ms, summary.latency_p99_ms)
-            for estimate, exact in zip(estimates, row[9]):
+            for estimate, exact in zip(estimates, row[9], strict=False):
                 assert within_error(estimate, exact), (tenant, summary.feature_name, estimate, exact)
 
 
@@ -174,6 +177,7 @@ def test_rollups_equal_raw_under_concurrent_ingest_and_runs(engine: Engine, scen
                 target()
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
+
         return run
 
     def writer() -> None:

@@ -39,10 +39,14 @@ def data(engine: Engine, clean_tables: None) -> tuple[datetime, datetime]:
         rows = [
             event(
                 start + timedelta(seconds=rng.randrange(int(SPAN.total_seconds()))),
-                tenant=rng.choice([TENANT, TENANT, OTHER]), feature=rng.choice(FEATURES),
-                model=rng.choice([None, "m1", "m2"]), user=f"user-{rng.randrange(8)}",
-                latency_ms=int(rng.lognormvariate(5.5, 0.8)), status=rng.choice(["success"] * 9 + ["error"]),
-                input_tokens=rng.randrange(100), output_tokens=rng.randrange(100),
+                tenant=rng.choice([TENANT, TENANT, OTHER]),
+                feature=rng.choice(FEATURES),
+                model=rng.choice([None, "m1", "m2"]),
+                user=f"user-{rng.randrange(8)}",
+                latency_ms=int(rng.lognormvariate(5.5, 0.8)),
+                status=rng.choice(["success"] * 9 + ["error"]),
+                input_tokens=rng.randrange(100),
+                output_tokens=rng.randrange(100),
             )
             for _ in range(40)
         ]
@@ -65,9 +69,7 @@ GROUP BY 1 ORDER BY 1
 """
 
 
-def raw_figures(
-    conn: Connection, key: str, start: datetime, end: datetime, feature: str | None = None
-) -> list[Any]:
+def raw_figures(conn: Connection, key: str, start: datetime, end: datetime, feature: str | None = None) -> list[Any]:
     return conn.execute(
         text(RAW_FIGURES.format(key=key)),
         {"tenant": TENANT, "start": start, "end": end, "feature": feature, "quantiles": list(QUANTILES)},
@@ -76,12 +78,19 @@ def raw_figures(
 
 def assert_figures(answer: q.Figures, row: Any) -> None:
     assert (
-        answer.calls, answer.errors, answer.input_tokens, answer.output_tokens,
-        answer.tokens_used, answer.latency_min_ms, answer.latency_max_ms,
+        answer.calls,
+        answer.errors,
+        answer.input_tokens,
+        answer.output_tokens,
+        answer.tokens_used,
+        answer.latency_min_ms,
+        answer.latency_max_ms,
     ) == tuple(row[1:8])
     assert answer.latency_avg_ms == row[8] / row[1]
     assert answer.error_rate == row[2] / row[1]
-    for estimate, exact in zip((answer.latency_p50_ms, answer.latency_p95_ms, answer.latency_p99_ms), row[9]):
+    for estimate, exact in zip(
+        (answer.latency_p50_ms, answer.latency_p95_ms, answer.latency_p99_ms), row[9], strict=False
+    ):
         assert within_error(estimate, exact)
 
 
@@ -92,7 +101,7 @@ def test_summary_combines_days_hours_and_the_pending_tail(engine: Engine, data: 
         answer = q.feature_summary(conn, TENANT, start, end)
         raw = raw_figures(conn, "feature_name", *q.hour_span(start, end))
     assert [a.feature_name for a in answer] == [r[0] for r in raw] == sorted(FEATURES)
-    for summary, row in zip(answer, raw):
+    for summary, row in zip(answer, raw, strict=False):
         assert_figures(summary, row)
 
 
@@ -107,7 +116,7 @@ def test_time_series_per_hour_and_day(
             points = q.time_series(conn, TENANT, start, end, granularity, feature)
             raw = raw_figures(conn, key, *q.hour_span(start, end), feature=feature)
             assert [p.bucket for p in points] == [r[0] for r in raw]
-            for point, row in zip(points, raw):
+            for point, row in zip(points, raw, strict=False):
                 assert_figures(point, row)
 
 

@@ -3,9 +3,11 @@ from sqlalchemy import Engine, text
 
 def test_migration_creates_current_and_next_month(engine: Engine) -> None:
     with engine.connect() as conn:
-        names = conn.execute(
-            text("SELECT relname FROM pg_class WHERE relname LIKE 'analytics_events_2%' ORDER BY 1")
-        ).scalars().all()
+        names = (
+            conn.execute(text("SELECT relname FROM pg_class WHERE relname LIKE 'analytics_events_2%' ORDER BY 1"))
+            .scalars()
+            .all()
+        )
         current, following = conn.execute(
             text(
                 "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM'),"

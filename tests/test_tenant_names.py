@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, event, text
@@ -30,7 +29,7 @@ def rows_for(tenant: str, feature: str, n: int = 2, model: str | None = "gpt-x")
     rows = []
     for i in range(n):
         wire = [uuid.uuid4().hex, tenant, feature, f"u{i}", model, 1, 2, None, 5, "success", None, now_us - i]
-        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))))
+        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
     return rows
 
 
@@ -53,9 +52,7 @@ def features_stored(engine: Engine, tenant: str) -> dict[str, int]:
 
 def catalog(engine: Engine, tenant: str) -> set[tuple[str, str]]:
     with engine.connect() as conn:
-        return set(
-            conn.execute(text("SELECT kind, name FROM tenant_names WHERE tenant_id = :t"), {"t": tenant}).all()
-        )
+        return set(conn.execute(text("SELECT kind, name FROM tenant_names WHERE tenant_id = :t"), {"t": tenant}).all())
 
 
 def test_defaults_are_the_settings() -> None:
@@ -76,9 +73,11 @@ def test_a_fourth_feature_is_dead_lettered_and_the_first_three_still_store(engin
     assert features_stored(engine, tenant) == {"f1": 6, "f2": 4, "f3": 4}
     assert catalog(engine, tenant) == {("feature", "f1"), ("feature", "f2"), ("feature", "f3"), ("model", "gpt-x")}
     with engine.connect() as conn:
-        reasons = conn.execute(
-            text("SELECT reason FROM dead_letters WHERE payload LIKE '%' || :t || '%'"), {"t": tenant}
-        ).scalars().all()
+        reasons = (
+            conn.execute(text("SELECT reason FROM dead_letters WHERE payload LIKE '%' || :t || '%'"), {"t": tenant})
+            .scalars()
+            .all()
+        )
     assert len(reasons) == 2 and all("TENANT_MAX_FEATURES" in r for r in reasons)
 
 
@@ -156,14 +155,14 @@ def test_two_workers_racing_for_the_last_place_admit_one(engine: Engine, tenant:
                 results["a"] = store_batch(session, rows_for(tenant, "a"), get_settings(), caps=CAPS)
                 first_holds.set()
                 release.wait(THREAD_TIMEOUT_S)
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
             first_holds.set()
 
     def second() -> None:
         try:
             results["b"] = write(engine, rows_for(tenant, "b"))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     one = threading.Thread(target=first)

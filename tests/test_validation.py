@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -160,7 +160,7 @@ def wire_row(**overrides: Any) -> list[Any]:
         "latency_ms": 120,
         "status": "success",
         "error_type": None,
-        "timestamp_us": timestamp_to_us(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)),
+        "timestamp_us": timestamp_to_us(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)),
         **overrides,
     }
     return [values[name] for name in WIRE_FIELDS]
@@ -181,7 +181,7 @@ def test_parse_wire_row_maps_a_valid_row() -> None:
         "latency_ms": 7,
         "status": "success",
         "error_type": None,
-        "timestamp": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
+        "timestamp": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
     }
 
 
@@ -223,7 +223,7 @@ def test_parse_wire_row_refuses_and_names_the_field(overrides: dict[str, Any], f
 
 @pytest.mark.parametrize(
     "row",
-    [wire_row()[:-1], wire_row() + [1], {"event_id": uuid.uuid4().hex}, "row", None],
+    [wire_row()[:-1], [*wire_row(), 1], {"event_id": uuid.uuid4().hex}, "row", None],
     ids=["short", "long", "dict", "str", "null"],
 )
 def test_parse_wire_row_refuses_a_row_of_the_wrong_shape(row: Any) -> None:
@@ -239,12 +239,12 @@ def test_decode_message_splits_valid_rows_from_invalid_ones() -> None:
     decoded = decode_message({"v": WIRE_VERSION, "fields": fields, "rows": rows})
 
     assert [mapping["user_id"] for mapping, _ in decoded.rows] == ["u0", "u1", "u2"]
-    for (mapping, payload), row in zip(decoded.rows, good):
-        assert payload == dict(zip(WIRE_FIELDS, row))  # the raw event, kept for a dead letter
+    for (mapping, payload), row in zip(decoded.rows, good, strict=False):
+        assert payload == dict(zip(WIRE_FIELDS, row, strict=False))  # the raw event, kept for a dead letter
         assert mapping["event_id"].hex == row[0]
     assert [payload for payload, _ in decoded.invalid] == [
-        dict(zip(WIRE_FIELDS, bad[0])),
-        dict(zip(WIRE_FIELDS, bad[1])),
+        dict(zip(WIRE_FIELDS, bad[0], strict=False)),
+        dict(zip(WIRE_FIELDS, bad[1], strict=False)),
         "not a row",
     ]
     reasons = [reason for _, reason in decoded.invalid]

@@ -119,7 +119,9 @@ def test_bodies_that_are_not_json_keep_their_clear_errors(client: TestClient, en
     assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body"]
     wrong_shape = client.post("/v1/events", json={"events": "all of them"}, headers=auth(key))
     assert wrong_shape.status_code == 422 and wrong_shape.json()["detail"][0]["loc"] == ["body", "events"]
-    not_declared_json = client.post("/v1/events", content=b'{"events": []}', headers={**auth(key), "Content-Type": "text/plain"})
+    not_declared_json = client.post(
+        "/v1/events", content=b'{"events": []}', headers={**auth(key), "Content-Type": "text/plain"}
+    )
     assert not_declared_json.status_code == 422 and "Content-Type" in not_declared_json.text
 
 
@@ -130,7 +132,9 @@ def test_deeply_nested_json_is_refused_not_a_server_error(client: TestClient, en
                                                           shape: str) -> None:  # fmt: skip
     _, key = tenant_key(engine, "nested")
     body = shape % ("[" * depth + "]" * depth)
-    response = client.post("/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"})
+    response = client.post(
+        "/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"}
+    )
     assert response.status_code in (207, 422), response.text[:300]
     assert len(response.content) < 2_000, "a refused list or object is not echoed back"
 
@@ -146,7 +150,9 @@ def test_deeply_nested_json_is_refused_not_a_server_error(client: TestClient, en
 def test_json_that_python_parses_badly_is_answered_not_a_server_error(client: TestClient, engine: Engine, body: str,
                                                                       status: int) -> None:  # fmt: skip
     _, key = tenant_key(engine, "oddjson")
-    response = client.post("/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"})
+    response = client.post(
+        "/v1/events", content=body.encode(), headers={**auth(key), "Content-Type": "application/json"}
+    )
     assert response.status_code == status, response.text[:300]
 
 
@@ -283,7 +289,10 @@ def test_ingest_is_limited_per_key(limited_client: TestClient, engine: Engine) -
                                     headers={**auth(key_a), "Content-Type": "application/json"})  # fmt: skip
     assert_limited(oversized, "RATE_LIMIT_INGEST")
     assert post(key_b).status_code == 207  # another key keeps its own budget
-    assert limited_client.post("/v1/events", json=rejected_only, headers=auth("ak_0123456789ab_unknown")).status_code == 401
+    assert (
+        limited_client.post("/v1/events", json=rejected_only, headers=auth("ak_0123456789ab_unknown")).status_code
+        == 401
+    )
 
 
 def test_reads_are_limited_per_key_and_monitoring_is_not(limited_client: TestClient, engine: Engine) -> None:

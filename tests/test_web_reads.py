@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from storage.api_keys import create_key
 from web import docs
 from web.app import app
 
-UTC = timezone.utc
+UTC = UTC
 SEED_DAYS = 400
 SEED_FEATURES = 20
 HIST_BUCKETS = 10  # elements per histogram cell (one call each): the reads merge them all

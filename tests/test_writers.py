@@ -25,7 +25,7 @@ def test_copy_stores_awkward_strings_exactly_as_bulk_insert_does(engine: Engine)
         for i, value in enumerate(AWKWARD):
             wire = [uuid.uuid4().hex, tenant, "summarization", value, value if i % 2 else None,
                     i, 1, None, 10, "error", value, now_us + i]  # fmt: skip
-            rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire))))
+            rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
         with Session(engine) as session, session.begin():
             assert store_batch(session, rows, get_settings(), writer=writer).stored == len(AWKWARD)
         with engine.connect() as conn:

@@ -154,7 +154,9 @@ def parse_json(raw: bytes, content_type: str | None, model: type[Model]) -> Mode
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": exc.msg}}]) from None  # fmt: skip
     except ValueError as exc:  # what the parser refuses beyond syntax: an integer of more than 4,300 digits
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": str(exc), "input": {}}]) from None
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": str(exc), "input": {}}]
+        ) from None
     except RecursionError:  # arrays or objects nested thousands deep: refused, not a 500
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON nested too deeply",
                                        "input": {}}]) from None  # fmt: skip
@@ -162,8 +164,10 @@ def parse_json(raw: bytes, content_type: str | None, model: type[Model]) -> Mode
         return model.model_validate(document)
     except ValidationError as exc:
         raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"]), "input": _echoed(error["input"])}
-             for error in exc.errors(include_url=False)]  # fmt: skip
+            [
+                {**error, "loc": ("body", *error["loc"]), "input": _echoed(error["input"])}
+                for error in exc.errors(include_url=False)
+            ]
         ) from None
 
 

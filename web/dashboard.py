@@ -18,10 +18,10 @@ under API_STATEMENT_TIMEOUT_MS (web.db: 503).
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BeforeValidator
 from sqlalchemy import Engine
 
@@ -40,8 +40,8 @@ DEFAULT_SERIES_FEATURES = 10
 MAX_SERIES_FEATURES = 20
 # The moments a range may start or end at: a day's margin inside what datetime can hold, so that
 # flooring, ceiling and the default window never overflow (year 1 or 9999 was a 500).
-EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
-LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 MAX_POINTS_SETTING = "API_MAX_POINTS"
 NUL = "\x00"
 WITHOUT_NUL = r"^[^\x00]*$"
@@ -57,7 +57,9 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 # Every route is scoped to the path's tenant, which the API key must be allowed to read.
 router = APIRouter(
-    prefix="/api/tenants/{tenant_id}", tags=["dashboard"], dependencies=[Depends(readable_tenant)],
+    prefix="/api/tenants/{tenant_id}",
+    tags=["dashboard"],
+    dependencies=[Depends(readable_tenant)],
     responses={
         **AUTH_RESPONSES,
         SERVICE_UNAVAILABLE: {"model": ErrorDetail, "description": "A query took longer than API_STATEMENT_TIMEOUT_MS"},
@@ -70,7 +72,7 @@ def _utc(name: str, moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise invalid("query", name, "start and end need a UTC offset (e.g. 2026-11-01T00:00:00Z)", moment)
     try:
-        utc = moment.astimezone(timezone.utc)
+        utc = moment.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+05:00 is in year 0 in UTC
         utc = None
     if utc is None or not EARLIEST <= utc <= LATEST:
@@ -84,7 +86,7 @@ def _utc(name: str, moment: datetime) -> datetime:
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     given_start = _utc("start", start) if start is not None else None
-    end = _utc("end", end) if end is not None else datetime.now(timezone.utc)
+    end = _utc("end", end) if end is not None else datetime.now(UTC)
     start = given_start if given_start is not None else max(end - DEFAULT_WINDOW, EARLIEST)
     if not start < end or end - start > MAX_WINDOW:
         raise invalid("query", "end", f"need start < end and a range of at most {MAX_WINDOW.days} days", end)
@@ -157,8 +159,12 @@ def summary(
 
 @router.get("/series")
 def series(
-    tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
-    granularity: q.Granularity = "hour", feature: str | None = FeatureParam,
+    tenant_id: str,
+    db: ReadEngine,
+    start: IsoDateTime | None = None,
+    end: IsoDateTime | None = None,
+    granularity: q.Granularity = "hour",
+    feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     """All features together (or ``feature`` alone): one point per hour or day with events."""
     start, end = _range(start, end)
@@ -172,7 +178,10 @@ def series(
 
 @router.get("/feature-series")
 def feature_series(
-    tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
+    tenant_id: str,
+    db: ReadEngine,
+    start: IsoDateTime | None = None,
+    end: IsoDateTime | None = None,
     granularity: q.Granularity = "hour",
     top: int = Query(DEFAULT_SERIES_FEATURES, ge=1, le=MAX_SERIES_FEATURES),
 ) -> dict[str, Any]:
@@ -197,8 +206,12 @@ def feature_series(
 
 @router.get("/top-users")
 def top_users(
-    tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
-    limit: int = Query(q.DEFAULT_TOP_USERS, ge=1, le=MAX_TOP_USERS), feature: str | None = FeatureParam,
+    tenant_id: str,
+    db: ReadEngine,
+    start: IsoDateTime | None = None,
+    end: IsoDateTime | None = None,
+    limit: int = Query(q.DEFAULT_TOP_USERS, ge=1, le=MAX_TOP_USERS),
+    feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     start, end = _range(start, end)
     _within_points("limit", limit, limit, "user", 1, "series", "ask for fewer users (limit)")
@@ -224,7 +237,10 @@ def error_rates(
 
 @router.get("/active-users")
 def active_users(
-    tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None,
+    tenant_id: str,
+    db: ReadEngine,
+    start: IsoDateTime | None = None,
+    end: IsoDateTime | None = None,
     feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     """One row per UTC day and feature: ``feature`` given, the day count fixes the size; without

@@ -12,7 +12,7 @@ the returned ``event_id`` and ``timestamp`` stores nothing twice.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -88,7 +88,7 @@ def _track(tenant_id: str, event: dict[str, Any], event_id: str) -> tuple[str, d
         except ValueError:
             raise ValueError(f"timestamp must be ISO 8601, got {event['timestamp']!r}") from None
         timestamp_to_us(fields["timestamp"])  # naive timestamps are refused by name
-    fields.setdefault("timestamp", datetime.now(timezone.utc))
+    fields.setdefault("timestamp", datetime.now(UTC))
     fields["event_id"] = fields.get("event_id") or event_id
     if not get_tracker().track(tenant_id=tenant_id, **fields):
         raise ValueError("the server's buffer is full; retry this event later")
@@ -110,9 +110,14 @@ VALIDATION_ERROR = {
     "/v1/events",
     status_code=202,
     response_model=IngestResult,
-    responses={207: {"model": IngestResult, "description": "Some events rejected; see results"},
-               413: {"model": ErrorDetail, "description": "Too many events or too large a body"},
-               422: VALIDATION_ERROR, **AUTH_RESPONSES, **BODY_UNREADABLE, **RATE_LIMITED},  # fmt: skip
+    responses={
+        207: {"model": IngestResult, "description": "Some events rejected; see results"},
+        413: {"model": ErrorDetail, "description": "Too many events or too large a body"},
+        422: VALIDATION_ERROR,
+        **AUTH_RESPONSES,
+        **BODY_UNREADABLE,
+        **RATE_LIMITED,
+    },
     dependencies=[Depends(ingest_rate_limit)],
     openapi_extra=EVENT_BATCH_BODY,
 )
@@ -132,7 +137,7 @@ def _ingest(batch: EventBatch, response: Response, who: Principal) -> IngestResu
     assert who.tenant_id is not None  # tenant_principal guarantees it
     fresh_ids = uuid7_hex_batch([time.time_ns() // 1000] * len(batch.events))
     results = []
-    for index, (event, fresh_id) in enumerate(zip(batch.events, fresh_ids)):
+    for index, (event, fresh_id) in enumerate(zip(batch.events, fresh_ids, strict=True)):
         try:
             event_id, timestamp = _track(who.tenant_id, event, fresh_id)
         except (ValueError, TypeError) as exc:

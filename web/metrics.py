@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from amqp.exceptions import AMQPError, ChannelError
 from fastapi import APIRouter, Request, Response
@@ -65,10 +65,18 @@ class StateCollector(Collector):
     def _producer(self) -> Iterator[Metric]:
         stats = get_tracker().stats()
         yield CounterMetricFamily("analytics_producer_published", "Events this process published.", stats.published)
-        yield CounterMetricFamily("analytics_producer_dropped", "Events refused by the full buffer.", stats.dropped_buffer_full)
-        yield CounterMetricFamily("analytics_producer_publish_failures", "Failed publish attempts.", stats.publish_failures)
-        yield GaugeMetricFamily("analytics_producer_buffered_events", "Events in this process's memory buffer.", stats.buffered)
-        yield GaugeMetricFamily("analytics_producer_spooled_events", "Events in this process's disk spool.", stats.spooled)
+        yield CounterMetricFamily(
+            "analytics_producer_dropped", "Events refused by the full buffer.", stats.dropped_buffer_full
+        )
+        yield CounterMetricFamily(
+            "analytics_producer_publish_failures", "Failed publish attempts.", stats.publish_failures
+        )
+        yield GaugeMetricFamily(
+            "analytics_producer_buffered_events", "Events in this process's memory buffer.", stats.buffered
+        )
+        yield GaugeMetricFamily(
+            "analytics_producer_spooled_events", "Events in this process's disk spool.", stats.spooled
+        )
 
     def _database(self) -> Iterator[Metric]:
         with self._sessions() as session:
@@ -78,7 +86,7 @@ class StateCollector(Collector):
                 text("SELECT count(*), min(created_at) FROM rollup_pending_batches")
             ).one()
             months = existing_months(session.connection())
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
         current = Month.of(now)
         ahead = 0
         while current.shift(ahead + 1) in months:
@@ -107,7 +115,9 @@ class StateCollector(Collector):
                     raise
                 depth = consumers = 0  # no such queue yet (Redis keeps no empty lists): nothing waits
 
-        yield GaugeMetricFamily("analytics_ingest_queue_messages", "Messages (batches) waiting in the ingest queue.", depth)
+        yield GaugeMetricFamily(
+            "analytics_ingest_queue_messages", "Messages (batches) waiting in the ingest queue.", depth
+        )
         yield GaugeMetricFamily("analytics_ingest_queue_consumers", "Workers consuming the ingest queue.", consumers)
 
 

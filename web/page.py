@@ -28,8 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from config import get_settings
-from web import docs
 from storage.api_keys import Principal
+from web import docs
 from web.auth import KEY_REFUSED, principal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -61,7 +61,9 @@ class RateLimits:
             try:
                 self._items[scope] = parse_many(notation)
             except ValueError:
-                raise ValueError(f"{setting}={notation!r} is not a rate limit (e.g. '100/second;3000/minute')") from None
+                raise ValueError(
+                    f"{setting}={notation!r} is not a rate limit (e.g. '100/second;3000/minute')"
+                ) from None
         self._limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage_url,
                                                                     wrap_exceptions=True))  # fmt: skip
 

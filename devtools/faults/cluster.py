@@ -20,15 +20,15 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from devtools.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from devtools.processes import ManagedProcess, child_env, wait_for
+from devtools.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from devtools.workers import Worker, celery_worker
 
 # Worker settings under fault: Redis redelivers an unacknowledged message after
@@ -68,12 +68,10 @@ def _user_ids_in(payload: Any, tenant: str) -> Iterator[str]:
         elif isinstance(payload.get("rows"), list) and isinstance(payload.get("fields"), list):
             for values in payload["rows"]:
                 if isinstance(values, list):
-                    yield from _user_ids_in(dict(zip(payload["fields"], values)), tenant)
+                    yield from _user_ids_in(dict(zip(payload["fields"], values, strict=False)), tenant)
         elif isinstance(payload.get("body"), str):  # a raw message the consumer could not run
-            try:
+            with suppress(ValueError):
                 yield from _user_ids_in(json.loads(payload["body"]), tenant)
-            except ValueError:
-                pass
     elif isinstance(payload, list):
         for item in payload:
             yield from _user_ids_in(item, tenant)
@@ -88,9 +86,11 @@ def reconcile(database_url: str, tenant: str, producers: dict[str, int]) -> Coun
                 text("SELECT user_id, count(*) FROM analytics_events WHERE tenant_id = :t GROUP BY user_id"),
                 {"t": tenant},
             ).all()
-            letters = conn.execute(
-                text("SELECT payload FROM dead_letters WHERE payload LIKE :p"), {"p": f"%{tenant}%"}
-            ).scalars().all()
+            letters = (
+                conn.execute(text("SELECT payload FROM dead_letters WHERE payload LIKE :p"), {"p": f"%{tenant}%"})
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     sent = {f"{pid}-{n}" for pid, count in producers.items() for n in range(count)}

@@ -92,11 +92,16 @@ BAD_ROWS: list[BadRow] = [
     BadRow("model over-long", _with(model="m" * (MAX_MODEL_LEN + 1)), "model is"),
     BadRow("NUL byte", lambda t, u: row(event(t, u + "\x00nul")), "user_id contains a NUL"),
     BadRow("invalid UTF-8 (lone surrogate)", _with(model="gpt-\udcff"), "model is not valid Unicode"),
-    BadRow("naive timestamp (ISO string)", _with(timestamp_us="2026-01-01T12:00:00"), "timestamp_us must be an integer"),
+    BadRow(
+        "naive timestamp (ISO string)", _with(timestamp_us="2026-01-01T12:00:00"), "timestamp_us must be an integer"
+    ),
     BadRow("timestamp as a float", _with(timestamp_us=1.7e15), "timestamp_us must be an integer"),
     BadRow("timestamp out of range", _with(timestamp_us=10**20), "timestamp_us"),
-    BadRow("far-future timestamp", lambda t, u: row(event(t, u, timestamp_us=now_us() + TEN_YEARS_US)),
-           "too far in the future"),  # fmt: skip
+    BadRow(
+        "far-future timestamp",
+        lambda t, u: row(event(t, u, timestamp_us=now_us() + TEN_YEARS_US)),
+        "too far in the future",
+    ),
     BadRow("unknown status", _with(status="ok"), "status must be one of"),
     BadRow("status null", _with(status=None), "status must be one of"),
 ]
@@ -113,14 +118,22 @@ class BadMessage:
 
 BAD_MESSAGES: list[BadMessage] = [
     BadMessage("other version", lambda m: message([row(event(m, "u"))], version=2), reasons.NOT_AN_INGEST_MESSAGE),
-    BadMessage("version as a string", lambda m: message([row(event(m, "u"))], version="1"),
-               reasons.NOT_AN_INGEST_MESSAGE),  # fmt: skip
-    BadMessage("a field missing", lambda m: message([row(event(m, "u"))[:-1]], fields=list(WIRE_FIELDS[:-1])),
-               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
-    BadMessage("an extra field", lambda m: message([[*row(event(m, "u")), 1]], fields=[*WIRE_FIELDS, "cost"]),
-               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
-    BadMessage("rows not a list", lambda m: {"v": 1, "fields": list(WIRE_FIELDS), "rows": m},
-               reasons.MISSING_ROWS_AND_FIELDS),  # fmt: skip
+    BadMessage(
+        "version as a string", lambda m: message([row(event(m, "u"))], version="1"), reasons.NOT_AN_INGEST_MESSAGE
+    ),
+    BadMessage(
+        "a field missing",
+        lambda m: message([row(event(m, "u"))[:-1]], fields=list(WIRE_FIELDS[:-1])),
+        reasons.MISSING_ROWS_AND_FIELDS,
+    ),
+    BadMessage(
+        "an extra field",
+        lambda m: message([[*row(event(m, "u")), 1]], fields=[*WIRE_FIELDS, "cost"]),
+        reasons.MISSING_ROWS_AND_FIELDS,
+    ),
+    BadMessage(
+        "rows not a list", lambda m: {"v": 1, "fields": list(WIRE_FIELDS), "rows": m}, reasons.MISSING_ROWS_AND_FIELDS
+    ),
     BadMessage("a bare string", lambda m: f"hello {m}", reasons.NOT_AN_INGEST_MESSAGE),
     BadMessage("a list", lambda m: [m, 1, 2], reasons.NOT_AN_INGEST_MESSAGE),
 ]
@@ -148,13 +161,34 @@ def _task_headers(task: str) -> Callable[[], dict[str, Any]]:
 
 RAW_BODIES: list[RawBody] = [
     RawBody("not JSON", lambda m: f"{{broken json {m}".encode(), "application/json", "utf-8", reasons.COULD_NOT_DECODE),
-    RawBody("invalid UTF-8 bytes", lambda m: b"\xff\xfe\x00" + m.encode() + b"\xc3\x28", "application/json", "utf-8",
-            reasons.COULD_NOT_DECODE),  # fmt: skip
+    RawBody(
+        "invalid UTF-8 bytes",
+        lambda m: b"\xff\xfe\x00" + m.encode() + b"\xc3\x28",
+        "application/json",
+        "utf-8",
+        reasons.COULD_NOT_DECODE,
+    ),
     RawBody("plain text", lambda m: f"hello {m}".encode(), "text/plain", "utf-8", reasons.COULD_NOT_DECODE),
-    RawBody("pickle", lambda m: f"pickle? {m}".encode(), "application/x-python-serialize", "binary",
-            reasons.COULD_NOT_DECODE),  # fmt: skip
-    RawBody("JSON, not a task", lambda m: json.dumps({"hello": m}).encode(), "application/json", "utf-8",
-            reasons.NOT_A_TASK_MESSAGE),  # fmt: skip
-    RawBody("unknown task", lambda m: json.dumps([[m], {}, {}]).encode(), "application/json", "utf-8",
-            reasons.UNKNOWN_TASK, _task_headers("somebody.elses_task")),  # fmt: skip
+    RawBody(
+        "pickle",
+        lambda m: f"pickle? {m}".encode(),
+        "application/x-python-serialize",
+        "binary",
+        reasons.COULD_NOT_DECODE,
+    ),
+    RawBody(
+        "JSON, not a task",
+        lambda m: json.dumps({"hello": m}).encode(),
+        "application/json",
+        "utf-8",
+        reasons.NOT_A_TASK_MESSAGE,
+    ),
+    RawBody(
+        "unknown task",
+        lambda m: json.dumps([[m], {}, {}]).encode(),
+        "application/json",
+        "utf-8",
+        reasons.UNKNOWN_TASK,
+        _task_headers("somebody.elses_task"),
+    ),
 ]

@@ -100,7 +100,9 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(name: str, broker: str, description: str) -> Callable[[Callable[[Options], Outcome]], Callable[[Options], Outcome]]:
+def scenario(
+    name: str, broker: str, description: str
+) -> Callable[[Callable[[Options], Outcome]], Callable[[Options], Outcome]]:
     def register(fn: Callable[[Options], Outcome]) -> Callable[[Options], Outcome]:
         SCENARIOS[name] = Scenario(name, broker, description, fn)
         return fn
@@ -248,8 +250,10 @@ def producer_killed_spool(o: Options) -> Outcome:
         leftover = list(cluster.spool.rglob("*.jsonl"))
         if leftover:
             problems.append(f"spool segments left after the replay: {leftover}")
-    notes = [f"producer A: {report_a['sent']} events accepted, {report_a.get('spooled')} of them only in the spool"
-             f" ({segments} segments) when it was SIGKILLed; producer B replayed them and added {report_b['sent']}"]
+    notes = [
+        f"producer A: {report_a['sent']} events accepted, {report_a.get('spooled')} of them only in the spool"
+        f" ({segments} segments) when it was SIGKILLed; producer B replayed them and added {report_b['sent']}"
+    ]
     return Outcome("producer_killed_spool", "rabbitmq", counts, 0, notes, problems=problems)
 
 
@@ -282,8 +286,13 @@ def two_hosts_partition(o: Options) -> Outcome:
             host.create()
         a, b = hosts
         cluster = stack.enter_context(
-            Cluster(o.workdir / "two_hosts_partition", "rabbitmq", listen=(a.gateway, b.gateway),
-                    trusted=(a.network, b.network), heartbeat=RABBITMQ_HEARTBEAT_S)  # fmt: skip
+            Cluster(
+                o.workdir / "two_hosts_partition",
+                "rabbitmq",
+                listen=(a.gateway, b.gateway),
+                trusted=(a.network, b.network),
+                heartbeat=RABBITMQ_HEARTBEAT_S,
+            )
         )
         workers = {}
         for host in hosts:
@@ -328,8 +337,10 @@ def _two_processes_frozen(o: Options, why: str) -> Outcome:
         counts = _drain(cluster, {"p0": report["sent"]})
         _alive(a, "worker a", problems)
         _alive(b, "worker b", problems)
-    notes = [f"network namespaces unavailable ({why}): two worker processes, A frozen with SIGSTOP"
-             f" {'mid-batch' if mid_batch else '(no batch caught in flight)'} for {OUTAGE_S:.0f} s"]
+    notes = [
+        f"network namespaces unavailable ({why}): two worker processes, A frozen with SIGSTOP"
+        f" {'mid-batch' if mid_batch else '(no batch caught in flight)'} for {OUTAGE_S:.0f} s"
+    ]
     return Outcome("two_hosts_partition", "rabbitmq", counts, 0, notes, problems=problems)
 
 
@@ -385,8 +396,10 @@ def bad_input(o: Options) -> Outcome:
     counts.sent = good + bad
     counts.dead_lettered = letters
     counts.lost += max(0, bad - letters)
-    notes = [f"{good} good events and {bad} bad items ({len(malformed.BAD_ROWS)} kinds of row,"
-             f" {len(malformed.BAD_MESSAGES)} of message, {len(malformed.RAW_BODIES)} of raw body) in {rounds} rounds"]
+    notes = [
+        f"{good} good events and {bad} bad items ({len(malformed.BAD_ROWS)} kinds of row,"
+        f" {len(malformed.BAD_MESSAGES)} of message, {len(malformed.RAW_BODIES)} of raw body) in {rounds} rounds"
+    ]
     return Outcome("bad_input", "redis", counts, 0, notes, expected_dead_lettered=bad, problems=problems)
 
 

@@ -69,7 +69,7 @@ def _index_state(conn: sa.Connection, name: str) -> bool | None:
     ).scalar()
 
 
-def _columns(key: tuple[str, ...], quote) -> str:  # noqa: ANN001 - the dialect's quote function
+def _columns(key: tuple[str, ...], quote) -> str:
     return ", ".join(quote(column) for column in key)
 
 

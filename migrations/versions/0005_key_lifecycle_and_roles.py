@@ -19,7 +19,7 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -68,7 +68,7 @@ def upgrade() -> None:
     op.execute(CREATE_MONTH_FUNCTION.format(schema=bind.dialect.identifier_preparer.quote(schema)))
     op.execute(f"REVOKE ALL ON FUNCTION {FUNCTION_SIGNATURE} FROM PUBLIC")
 
-    ensure_months(bind, months_ahead(datetime.now(timezone.utc), FIRST_MONTHS_AHEAD))
+    ensure_months(bind, months_ahead(datetime.now(UTC), FIRST_MONTHS_AHEAD))
 
 
 def downgrade() -> None:
