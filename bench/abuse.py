@@ -1,4 +1,4 @@
-"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--roles] [--ingest-mode aggregate]`` (issue 12).
+"""Abuse benchmark: ``python -m bench.abuse [--quick] [--strict] [--roles] [--ingest-mode aggregate]``: the security hardening under attack.
 
 Starts the stack on a database and queue of its own (``analytics_bench_abuse``
 on the DATABASE_URL server, migrated; ``bench-ingest-<run>`` on the broker):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 Channel = Literal["http", "broker"]
 
-# Targets of the issue ("What it must show").
+# Targets: at least this many distinct attacks, and the web process's memory growth over them bounded.
 TARGET_MIN_ATTACKS = 25
 TARGET_MAX_WEB_RSS_GROWTH_MB = 20.0
 

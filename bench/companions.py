@@ -43,21 +43,21 @@ COMPANIONS: dict[str, Companion] = {
         "bench.rollups",
         ("--quick",),
         "incremental rollup of 1M new events on a 20M-event table and again at 40M, and the per-feature"
-        " summary of one tenant over 30 days from the rollups and from raw (issue 4)",
+        " summary of one tenant over 30 days from the rollups and from raw",
     ),
     "partitions": Companion(
         "partitions",
         "bench.partitions",
         ("--rows", "1000000", "--runs", "11"),
         "the dashboard query over two months of 10M events in twelve monthly partitions against the same rows"
-        " in one unpartitioned table (issue 3)",
+        " in one unpartitioned table",
     ),
     "faults": Companion(
         "faults",
         "bench.faults",
         ("--duration", "10"),
         "seven fault scenarios under load on private servers (worker, database and broker killed or cut off,"
-        " malformed messages), each reconciled event by event (issue 7)",
+        " malformed messages), each reconciled event by event",
     ),
     "small_producers": Companion(
         "small_producers",

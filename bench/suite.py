@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m bench [--quick]`` (issue 8).
+"""The benchmark suite: ``python -m bench [--quick]``.
 
 Runs every ingest measurement side by side, on this machine with producer,
 broker, worker and database co-located, on a database and queues of its own:

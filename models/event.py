@@ -3,7 +3,7 @@
 The primary key (event_id, tenant_id, timestamp) is the idempotency key, and
 it is per tenant: clients choose event ids, so a key without the tenant let one
 tenant pre-submit another's ids and have that tenant's events dropped as
-duplicates (issue 12). PostgreSQL needs the partition key ``timestamp`` in
+duplicates. PostgreSQL needs the partition key ``timestamp`` in
 every unique key, and the design wants ``tenant_id`` in every unique key
 (distributable by tenant with Citus). The producer fixes all three values
 before the first publish, so a redelivered event collides with itself.

@@ -1,4 +1,4 @@
-"""The per-tenant catalog of feature and model names (issue 12, finding 7).
+"""The per-tenant catalog of feature and model names (bounded per tenant, storage.tenant_names).
 
 One row per distinct name a tenant's stored events use; ``storage.tenant_names``
 counts them to cap TENANT_MAX_FEATURES and TENANT_MAX_MODELS. The primary key

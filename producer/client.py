@@ -33,6 +33,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,17 @@ EVENT_ID_INDEX = WIRE_FIELDS.index("event_id")
 TIMESTAMP_INDEX = WIRE_FIELDS.index("timestamp_us")
 
 
+def _if_alive(ref: weakref.ref[Tracker], method: Callable[[Tracker], None]) -> Callable[[], None]:
+    """A hook calling ``method`` on the tracker while it exists (the hook must not keep it alive)."""
+
+    def hook() -> None:
+        tracker = ref()
+        if tracker is not None:
+            method(tracker)
+
+    return hook
+
+
 @dataclass(frozen=True)
 class TrackerStats:
     published: int
@@ -107,11 +119,11 @@ class Tracker:
         self._reset()
         this = weakref.ref(self)
         os.register_at_fork(
-            before=lambda: (t := this()) and t._before_fork(),
-            after_in_parent=lambda: (t := this()) and t._after_fork_in_parent(),
-            after_in_child=lambda: (t := this()) and t._reset(),
+            before=_if_alive(this, Tracker._before_fork),
+            after_in_parent=_if_alive(this, Tracker._after_fork_in_parent),
+            after_in_child=_if_alive(this, Tracker._reset),
         )
-        atexit.register(lambda: (t := this()) and t.close())
+        atexit.register(_if_alive(this, Tracker.close))
 
     def _reset(self) -> None:
         """Fresh state: at construction and in a forked child."""

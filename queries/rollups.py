@@ -23,7 +23,7 @@ among constant fragments.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -154,7 +154,7 @@ def day_count(start: datetime, end: datetime) -> int:
     return (d1 - d0) // DAY
 
 
-def _capped(rows: list[Any], max_rows: int | None) -> list[Any]:
+def _capped(rows: Sequence[Any], max_rows: int | None) -> Sequence[Any]:
     """``rows`` read with ``LIMIT max_rows + 1``: refuse them if the extra row came."""
     if max_rows is not None and len(rows) > max_rows:
         raise TooManyRows(max_rows)

@@ -100,7 +100,7 @@ def check_latency(value: object) -> int:
 def check_status(value: object) -> str:
     if type(value) is not str or value not in STATUSES:
         raise InvalidEvent(f"status must be one of {sorted(STATUSES)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_tokens_used(value: object, input_tokens: int, output_tokens: int) -> int:
@@ -216,7 +216,7 @@ def wire_row_parser(fields: tuple[str, ...] | list[str]) -> Callable[[object], d
     return parse
 
 
-def _parse_wire_values(row: object, width: int, pick: itemgetter) -> dict[str, Any]:
+def _parse_wire_values(row: object, width: int, pick: itemgetter[Any]) -> dict[str, Any]:
     if not isinstance(row, list) or len(row) != width:
         raise InvalidEvent(f"row must be a list of {width} values")
     # The order of WIRE_FIELDS.

@@ -13,8 +13,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.api_key import PREFIX_LEN, SCOPE_ADMIN, SCOPE_TENANT, ApiKey
@@ -111,18 +112,26 @@ def authenticate(session: Session, key: str) -> Principal:
 
 def revoke(session: Session, prefix: str) -> bool:
     """Revoke by prefix; False if no live key has it."""
-    result = session.execute(
-        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
+    result = cast(
+        CursorResult[Any],
+        session.execute(  # an UPDATE's result has rowcount
+            update(ApiKey)
+            .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        ),
     )
     return result.rowcount == 1
 
 
 def revoke_named(session: Session, *, tenant_id: str, name: str) -> int:
     """Revoke every live key of ``tenant_id`` called ``name``; returns how many."""
-    result = session.execute(
-        update(ApiKey)
-        .where(ApiKey.tenant_id == tenant_id, ApiKey.name == name, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(UTC))
+    result = cast(
+        CursorResult[Any],
+        session.execute(  # an UPDATE's result has rowcount
+            update(ApiKey)
+            .where(ApiKey.tenant_id == tenant_id, ApiKey.name == name, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        ),
     )
     return result.rowcount
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
-from psycopg2.extensions import encrypt_password
+from psycopg2.extensions import connection, encrypt_password
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
@@ -130,7 +131,7 @@ def create_roles(conn: Connection, names: RoleNames, passwords: Mapping[str, str
             created.append(role)
         password = passwords.get(kind)
         if password:
-            dbapi = conn.connection.dbapi_connection
+            dbapi = cast(connection, conn.connection.dbapi_connection)  # psycopg2's, as the URL says
             verifier = encrypt_password(password, role, dbapi)  # the server's password_encryption
             conn.execute(text(f"ALTER ROLE {_q(conn, role)} PASSWORD :verifier"), {"verifier": verifier})
     superuser = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar()

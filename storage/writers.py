@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg2
@@ -59,9 +59,11 @@ def _copy_value(value: Any) -> str:
     if value is None:
         return NULL
     if kind is datetime:
-        return value.isoformat()
+        iso: str = value.isoformat()
+        return iso
     if kind is UUID:
-        return value.hex
+        hex_id: str = value.hex
+        return hex_id
     # Subclasses (enums, pendulum-style datetimes): the same rules, the slow way.
     if isinstance(value, str):
         return _copy_text(value)
@@ -87,7 +89,7 @@ def copy_rows(session: Session, mappings: Sequence[dict[str, Any]]) -> None:
     dbapi_connection = session.connection().connection.dbapi_connection
     assert dbapi_connection is not None
     try:
-        with dbapi_connection.cursor() as cursor:
+        with cast(psycopg2.extensions.connection, dbapi_connection).cursor() as cursor:
             cursor.copy_expert(COPY_STATEMENT, buffer)
     except psycopg2.Error as exc:
         # The same exception classes as the ORM path, so storage.events handles both alike.

@@ -59,7 +59,7 @@ def dead_letter_arguments(queue: str) -> dict[str, Any]:
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_queue_name(queue)}
 
 
-def dead_queue(queue: str) -> Queue:
+def dead_queue(queue: str) -> TolerantQueue:
     name = dead_queue_name(queue)
     return TolerantQueue(name, Exchange(""), routing_key=name, durable=True)
 
@@ -101,7 +101,7 @@ class IngestQueue(TolerantQueue):
     """The ingest queue: declared with its dead-letter queue (which must exist first:
     RabbitMQ drops what it dead-letters to a routing key no queue is bound to)."""
 
-    def declare(self, nowait: bool = False, channel: Any = None) -> str:
+    def declare(self, nowait: bool = False, channel: Any = None) -> str | None:
         channel = channel or self.channel
         if self.queue_arguments:
             dead_queue(self.name)(channel).declare(nowait=nowait)

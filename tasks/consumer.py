@@ -79,8 +79,9 @@ def _ack_that_cannot_crash(ack: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class DeadLetteringConsumer(Consumer):
+    # Consumer.call_soon_ack exists since Celery 5.7; celery-types' stubs predate it.
     def call_soon_ack(self, p: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return super().call_soon_ack(_ack_that_cannot_crash(p), *args, **kwargs)
+        return super().call_soon_ack(_ack_that_cannot_crash(p), *args, **kwargs)  # type: ignore[misc]
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         try:

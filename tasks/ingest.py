@@ -87,13 +87,13 @@ def write_batch(self: DatabaseTask, *args: Any, **kwargs: Any) -> dict[str, int]
         try:
             raise self.retry(exc=exc, countdown=countdown) from exc
         except Reject as rejected:
-            if rejected.requeue:
+            if rejected.requeue:  # type: ignore[attr-defined]  # set by Celery; celery-types' Reject lacks it
                 raise
             # Celery could not publish the retry and would drop the original: keep it.
             logger.warning("the retry could not be published (%s); the message goes back to the queue",
-                           rejected.reason)  # fmt: skip
+                           rejected.reason)  # type: ignore[attr-defined]  # fmt: skip
             time.sleep(REQUEUE_PAUSE_S)
-            raise Reject(rejected.reason, requeue=True) from exc
+            raise Reject(rejected.reason, requeue=True) from exc  # type: ignore[attr-defined]
     return {"stored": result.stored, "duplicates": result.duplicates, "dead_lettered": result.dead_lettered}
 
 
@@ -102,7 +102,8 @@ def _park(task: DatabaseTask, args: tuple[Any, ...], kwargs: dict[str, Any], rea
     queue = get_settings().ingest_queue
     try:
         task.app.send_task(
-            INGEST_WRITE_BATCH, args=list(args), kwargs=kwargs, queue=dead_queue(queue), task_id=task.request.id,
+            INGEST_WRITE_BATCH, args=list(args), kwargs=kwargs, task_id=task.request.id,
+            queue=dead_queue(queue),  # type: ignore[arg-type]  # Celery takes a Queue too; the stubs say str
             headers={PARKED_REASON_HEADER: reason[:PARKED_REASON_MAX_CHARS]}, retry=False,
             argsrepr="<parked batch>", kwargsrepr="{}",
         )  # fmt: skip

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from amqp.exceptions import AMQPError, ChannelError
 from fastapi import APIRouter, Request, Response
@@ -109,7 +110,9 @@ class StateCollector(Collector):
         with Connection(settings.celery_broker_url, connect_timeout=BROKER_TIMEOUT_S) as conn:
             conn.ensure_connection(max_retries=0)
             try:
-                _, depth, consumers = conn.default_channel.queue_declare(settings.ingest_queue, passive=True)
+                # The transport's channel has queue_declare; kombu-stubs' StdChannel does not say so.
+                channel: Any = conn.default_channel
+                _, depth, consumers = channel.queue_declare(settings.ingest_queue, passive=True)
             except ChannelError as exc:
                 if exc.reply_code != NOT_FOUND:
                     raise
@@ -127,7 +130,7 @@ def metrics(request: Request) -> Response:
     state.register(StateCollector(sessions(request)))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shared = CollectorRegistry()
-        MultiProcessCollector(shared)  # every process's counters, the worker's included
+        MultiProcessCollector(shared)  # type: ignore[no-untyped-call]  # every process's counters, the worker's included
     else:
         shared = REGISTRY
     body = generate_latest(shared) + generate_latest(state)

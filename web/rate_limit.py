@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from limits import RateLimitItem, parse_many
@@ -36,7 +37,7 @@ READ = "read"
 SETTING_OF = {INGEST: "RATE_LIMIT_INGEST", READ: "RATE_LIMIT_READ"}
 
 # For the OpenAPI schema of limited routes.
-RATE_LIMITED = {
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorDetail, "description": "Too many requests for this API key; retry after Retry-After seconds",
           "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
     503: {"model": ErrorDetail, "description": "The rate limiter's storage cannot be reached"},

@@ -1,4 +1,4 @@
-"""Tenant-scoped idempotency key and per-tenant name catalog (issue 12, findings 6 and 7).
+"""Tenant-scoped idempotency key and per-tenant name catalog.
 
 The events' primary key becomes (event_id, tenant_id, timestamp) (see
 models.event for the order), and ``tenant_names`` is created and filled from

@@ -1,4 +1,4 @@
-"""API key last use and expiry; the partition-creating function the worker role calls (issue 12, findings 8 and 9).
+"""API key last use and expiry; the partition-creating function the worker role calls.
 
 ``analytics_events_create_month(date)`` is the one place a monthly partition
 is created (storage.partitions.ensure_months calls it). It is SECURITY
