@@ -49,7 +49,7 @@ WITHOUT_NUL = r"^[^\x00]*$"
 
 def _iso_8601(value: Any) -> Any:
     """ISO 8601 text only, as the schema (``date-time``) says: pydantic alone would also read
-    a bare number as Unix seconds (``end=0.5`` was 1970; found by tests/test_openapi_contract.py)."""
+    a bare number as Unix seconds (``end=0.5`` was 1970; found by tests/web/test_openapi_contract.py)."""
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 

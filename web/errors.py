@@ -2,7 +2,7 @@
 
 FastAPI documents every 422 as ``HTTPValidationError`` (``detail``: a list of
 ``{loc, msg, type}``); ``HTTPException(422, "text")`` would answer a bare
-string instead and break the published contract (tests/test_openapi_contract.py
+string instead and break the published contract (tests/web/test_openapi_contract.py
 found it). Checks that need more than one parameter, or the database, raise
 ``invalid(...)`` so clients parse one shape whatever refused their request.
 """

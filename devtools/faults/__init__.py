@@ -1,1 +1,1 @@
-"""Fault injection: scenarios shared by the pytest suite (tests/test_faults.py) and ``python -m bench.faults``."""
+"""Fault injection: scenarios shared by the pytest suite (tests/faults/test_faults.py) and ``python -m bench.faults``."""

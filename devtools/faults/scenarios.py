@@ -1,6 +1,6 @@
 """The fault scenarios: each drives a steady load, injects one fault, and reconciles.
 
-Shared by the pytest suite (tests/test_faults.py, ``-m faults``) and the
+Shared by the pytest suite (tests/faults/test_faults.py, ``-m faults``) and the
 report script (``python -m bench.faults``). Every scenario starts its own
 private PostgreSQL and broker on spare ports (devtools.servers), never the
 machine's shared services; its producers are real ``Tracker`` processes and

@@ -49,7 +49,7 @@ from tests.rollup_checks import (
     within_error,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD_READY_TIMEOUT_S = 60
 MAX_LATENCY = 2**31 - 1
 

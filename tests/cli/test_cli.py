@@ -315,7 +315,7 @@ def test_log_escaping_escapes_the_arguments_of_every_record(
 
 # --- finding ./run's embedded services; errors an operator causes, in one line ---------------
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL")
 # `python -m cli <args>`, reading the state file named by the first argument instead of the checkout's.
 CLI_WITH_STATE_FILE = "import sys, pathlib; from cli.main import main; main(sys.argv[2:], pathlib.Path(sys.argv[1]))"

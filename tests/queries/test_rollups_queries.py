@@ -168,7 +168,7 @@ def test_bounds_must_be_timezone_aware(engine: Engine) -> None:
 
 
 def test_api_serves_the_query_layer(engine: Engine, data: tuple[datetime, datetime]) -> None:
-    """Values only; keys and tenant scopes of these routes are tests/test_web_api.py's subject."""
+    """Values only; keys and tenant scopes of these routes are tests/web/test_web_api.py's subject."""
     start, end = data
     with Session(engine) as session, session.begin():
         _, key = create_key(session, name="rollup-queries", tenant_id=TENANT)

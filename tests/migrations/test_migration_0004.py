@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 PARTITIONS = 60  # months 2001-01 .. 2005-12
 ROWS_PER_PARTITION = 200
 TENANTS = ("mig-a", "mig-b", "mig-c")
