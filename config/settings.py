@@ -206,10 +206,11 @@ class Settings(BaseSettings):
         description="statement_timeout of the API's and dashboard's reads; a read that takes longer is answered 503.",
     )
     api_max_points: int = Field(
-        10_000,
+        5_000,
         ge=1,
         description="Most points (rows x series) one read response may hold; a larger "
-        "request is answered 422 naming the limit.",
+        "request is answered 422 naming the limit. 5,000 allows an hourly series of about "
+        "200 days and refuses one over the longest range (400 days, 9,600 hours).",
     )
     rate_limit_ingest: str = Field(
         "100/second",

@@ -140,7 +140,7 @@ def test_an_hourly_series_of_many_features_over_a_long_range_is_refused_naming_t
         loc, msg = refusal(client.get(f"/api/tenants/{name}/feature-series", params=params, headers=auth(key)))
         assert loc == ["query", "top"]
         assert msg == (
-            "would return 9,600 hours x 3 features = 28,800 points; the limit is API_MAX_POINTS = 10,000; "
+            "would return 9,600 hours x 3 features = 28,800 points; the limit is API_MAX_POINTS = 5,000; "
             "narrow the range or use granularity=day or ask for fewer (top)"
         )
         per_day = client.get(f"/api/tenants/{name}/feature-series", params=params | {"granularity": "day"},
@@ -149,6 +149,20 @@ def test_an_hourly_series_of_many_features_over_a_long_range_is_refused_naming_t
         body = per_day.json()
         assert body["features_with_calls"] == SEED_FEATURES
         assert len(body["features"]) == 3
+
+
+def test_an_hourly_series_over_the_longest_range_is_refused_by_default(
+    tenant: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, key = tenant
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    params = {"start": (end - timedelta(days=SEED_DAYS)).isoformat(), "end": end.isoformat(), "granularity": "hour"}
+    with client_with(monkeypatch) as client:
+        loc, msg = refusal(client.get(f"/api/tenants/{name}/series", params=params, headers=auth(key)))
+        assert loc == ["query", "end"]
+        assert "API_MAX_POINTS = 5,000" in msg, msg
+        per_day = client.get(f"/api/tenants/{name}/series", params=params | {"granularity": "day"}, headers=auth(key))
+        assert per_day.status_code == 200, per_day.text
 
 
 @pytest.mark.parametrize(
