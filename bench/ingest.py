@@ -51,19 +51,9 @@ from typing import Any
 
 from bench import harness
 from bench.harness import BenchEnv, Reconciliation, RowMonitor, Worker
+from demo.ai import FEATURES  # the demo's features: the benchmark's load looks like ./run's
 
 TENANTS = tuple(f"tenant-{i:02d}" for i in range(1, 21))
-FEATURES = (
-    "summarization",
-    "smart_search",
-    "recommendation",
-    "workflow_automation",
-    "sentiment_analysis",
-    "entity_extraction",
-    "content_generation",
-    "anomaly_detection",
-    "forecasting",
-)
 MODELS = ("gpt-4o-mini", "gpt-4o", "claude-haiku", "claude-sonnet", "llama-3-8b")
 ERROR_TYPES = ("timeout", "rate_limited", "provider_error", "content_filtered")
 USERS_PER_TENANT = 250
