@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 PLOT_PATH = Path("bench/results/pipeline.png")
 PROFILE_NOTES = Path("bench/results/profile.md")  # hand-written from py-spy runs, embedded as is
+SMALL_PRODUCER_NOTES = Path("bench/results/small_producers.md")  # hand-written from four runs, embedded as is
 
 TARGET_COPY_EPS = 25_000
 TARGET_COPY_SHARE_OF_CEILING = 0.60
@@ -470,10 +471,11 @@ def _markdown(suite: SuiteResult, plot_rel: Path) -> str:
         " committed in each second. Bottom right: the worker's RSS (process tree) while it drains the backlog."
     )
     add("")
-    profile = harness.REPO_ROOT / PROFILE_NOTES
-    if profile.exists():
-        add(profile.read_text().rstrip())
-        add("")
+    for notes in (PROFILE_NOTES, SMALL_PRODUCER_NOTES):
+        path = harness.REPO_ROOT / notes
+        if path.exists():
+            add(path.read_text().rstrip())
+            add("")
     return "\n".join(lines)
 
 

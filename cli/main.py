@@ -31,6 +31,12 @@ from demo.state import STATE_FILE, StateFileError, running_services
 from monitoring.escape import install_log_escaping
 
 PROG_NAME = "python -m cli"
+SCRIPT_NAME = "analytics"  # the console script of pyproject.toml
+
+
+def prog_name() -> str:
+    """What the user typed: ``analytics`` when run as the console script, else ``python -m cli``."""
+    return SCRIPT_NAME if Path(sys.argv[0]).name == SCRIPT_NAME else PROG_NAME
 
 
 class OperatorErrors(click.Group):
@@ -71,7 +77,7 @@ def use_embedded_services(state_file: Path) -> None:
     try:
         running = running_services(state_file)
     except StateFileError as exc:
-        click.echo(f"{PROG_NAME}: ignoring {exc}", err=True)
+        click.echo(f"{prog_name()}: ignoring {exc}", err=True)
         return
     if running is None:
         return
@@ -81,7 +87,7 @@ def use_embedded_services(state_file: Path) -> None:
     for name in taken:
         os.environ[name] = running.urls[name]
     get_settings.cache_clear()
-    click.echo(f"{PROG_NAME}: {' and '.join(taken)} unset: using the embedded services of ./run"
+    click.echo(f"{prog_name()}: {' and '.join(taken)} unset: using the embedded services of ./run"
                f" (pid {running.pid})", err=True)  # fmt: skip
 
 
@@ -89,4 +95,4 @@ def main(args: Sequence[str] | None = None, state_file: Path = STATE_FILE) -> No
     """``python -m cli`` and the ``analytics`` script; ``state_file`` is a seam for tests."""
     install_log_escaping()  # stored names in log arguments reach the terminal escaped too
     use_embedded_services(state_file)
-    cli(args=args if args is not None else sys.argv[1:], prog_name=PROG_NAME)
+    cli(args=args if args is not None else sys.argv[1:], prog_name=prog_name())
