@@ -65,6 +65,13 @@ def tenant_principal(who: Principal = Depends(principal)) -> Principal:
     return who
 
 
+def admin_principal(who: Principal = Depends(principal)) -> Principal:
+    """An admin key: routes that read across tenants or change what every tenant sees (prices)."""
+    if not who.is_admin:
+        raise HTTPException(403, "this route needs an admin key")
+    return who
+
+
 def readable_tenant(tenant_id: str, who: Principal = Depends(principal)) -> str:
     """The path's tenant, if the key may read it: its own tenant, or any for admin."""
     if not who.is_admin and who.tenant_id != tenant_id:
