@@ -37,6 +37,10 @@ def wire_rows(tenant: str, n: int, *, timestamp: datetime | None = None, **overr
             "status": "success",
             "error_type": None,
             "timestamp_us": ts_us,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "provider": None,
             **overrides,
         }
         rows.append([values[name] for name in WIRE_FIELDS])

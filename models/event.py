@@ -27,7 +27,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, PrimaryKeyCo
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, FeatureName, TenantId, UserId, UtcTimestamp
-from schema.event import MAX_ERROR_TYPE_LEN, MAX_MODEL_LEN
+from schema.event import MAX_ERROR_TYPE_LEN, MAX_MODEL_LEN, MAX_PROVIDER_LEN
 
 BATCH_BRIN_PAGES_PER_RANGE = 16  # a 1,000-event batch fills about 20 pages
 
@@ -44,6 +44,11 @@ class AnalyticsEvent(Base):
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     tokens_used: Mapped[int] = mapped_column(Integer)
+    # Parts of input_tokens (cache) and of output_tokens (reasoning), as OpenTelemetry GenAI counts them.
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    provider: Mapped[str | None] = mapped_column(String(MAX_PROVIDER_LEN))
     latency_ms: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     error_type: Mapped[str | None] = mapped_column(String(MAX_ERROR_TYPE_LEN))
@@ -56,7 +61,10 @@ class AnalyticsEvent(Base):
         CheckConstraint("status IN ('success', 'error')", name="status_known"),
         CheckConstraint(
             "input_tokens >= 0 AND output_tokens >= 0 AND latency_ms >= 0"
-            " AND tokens_used >= input_tokens + output_tokens",
+            " AND tokens_used >= input_tokens + output_tokens"
+            " AND cache_read_tokens >= 0 AND cache_write_tokens >= 0 AND reasoning_tokens >= 0"
+            " AND cache_read_tokens + cache_write_tokens <= input_tokens"
+            " AND reasoning_tokens <= output_tokens",
             name="counts_valid",
         ),
         Index(None, "tenant_id", "feature_name", "timestamp"),

@@ -1,8 +1,10 @@
 """Rollup tables: the pending-batch log and the hourly/daily aggregates built from it.
 
 See storage.rollups for how they are kept exact. Dimension columns mirror
-``analytics_events``; a NULL model is stored as ``''`` (NO_MODEL) so that it
-can be part of the primary key.
+``analytics_events``; a NULL model or provider is stored as ``''`` (NO_MODEL,
+NO_PROVIDER) so that it can be part of the primary key. ``input_band`` is the
+band of each event's input size (schema.bands): tiered prices charge a request
+by its own input size, so sums are kept per band for pricing to be exact.
 
 The latency histogram is sparse: two parallel arrays, the indexes of the
 non-empty log-spaced buckets in ascending order and their counts (see
@@ -18,9 +20,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, FeatureName, TenantId, UserId, UtcTimestamp
-from schema.event import MAX_MODEL_LEN
+from schema.event import MAX_MODEL_LEN, MAX_PROVIDER_LEN
 
 NO_MODEL = ""  # stands for a NULL model in the rollups' primary keys
+NO_PROVIDER = ""  # stands for a NULL provider in the rollups' primary keys
 
 
 class RollupPendingBatch(Base):
@@ -47,6 +50,9 @@ class _Figures:
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     tokens_used: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     latency_sum: Mapped[int] = mapped_column(BigInteger)
     latency_min: Mapped[int] = mapped_column(Integer)
     latency_max: Mapped[int] = mapped_column(Integer)
@@ -55,7 +61,8 @@ class _Figures:
 
 
 # Key order (tenant, time, ...): every read is one tenant over a time range.
-ROLLUP_KEY = ("tenant_id", "bucket", "feature_name", "model")
+ROLLUP_KEY = ("tenant_id", "bucket", "feature_name", "model", "provider", "input_band")
+USER_ROLLUP_KEY = ("tenant_id", "day", "feature_name", "user_id", "model", "provider", "input_band")
 
 
 class RollupHourly(_Figures, Base):
@@ -65,6 +72,8 @@ class RollupHourly(_Figures, Base):
     bucket: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC hour.")
     feature_name: Mapped[FeatureName]
     model: Mapped[str] = mapped_column(String(MAX_MODEL_LEN))
+    provider: Mapped[str] = mapped_column(String(MAX_PROVIDER_LEN), server_default=NO_PROVIDER)
+    input_band: Mapped[int] = mapped_column(Integer, server_default="0", doc="schema.bands.input_band")
 
     __table_args__ = (PrimaryKeyConstraint(*ROLLUP_KEY),)
 
@@ -76,15 +85,18 @@ class RollupDaily(_Figures, Base):
     bucket: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC day.")
     feature_name: Mapped[FeatureName]
     model: Mapped[str] = mapped_column(String(MAX_MODEL_LEN))
+    provider: Mapped[str] = mapped_column(String(MAX_PROVIDER_LEN), server_default=NO_PROVIDER)
+    input_band: Mapped[int] = mapped_column(Integer, server_default="0", doc="schema.bands.input_band")
 
     __table_args__ = (PrimaryKeyConstraint(*ROLLUP_KEY),)
 
 
 class RollupDailyUser(Base):
-    """One row per user active on a feature on a day: exact DAU is a count.
+    """Per user active on a feature on a day, one row per model, provider and input band.
 
-    It also carries the user's calls, errors and tokens that day, which is what
-    "top users" ranks by, so one table serves both.
+    Exact DAU is a count of distinct users. The rows also carry the user's
+    calls, errors and token sums that day, which is what "top users" ranks by
+    (summed over the user's rows) and what prices a user's cost per model.
     """
 
     __tablename__ = "rollup_daily_users"
@@ -93,8 +105,16 @@ class RollupDailyUser(Base):
     day: Mapped[UtcTimestamp] = mapped_column(doc="Start of the UTC day.")
     feature_name: Mapped[FeatureName]
     user_id: Mapped[UserId]
+    model: Mapped[str] = mapped_column(String(MAX_MODEL_LEN), server_default=NO_MODEL)
+    provider: Mapped[str] = mapped_column(String(MAX_PROVIDER_LEN), server_default=NO_PROVIDER)
+    input_band: Mapped[int] = mapped_column(Integer, server_default="0", doc="schema.bands.input_band")
     calls: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)
     tokens_used: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
-    __table_args__ = (PrimaryKeyConstraint("tenant_id", "day", "feature_name", "user_id"),)
+    __table_args__ = (PrimaryKeyConstraint(*USER_ROLLUP_KEY),)

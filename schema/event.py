@@ -6,11 +6,20 @@ Both use the checks below, so the two sides cannot drift apart.
 
 Wire format of one broker message (the ingest task's single argument)::
 
-    {"v": 1, "fields": [...WIRE_FIELDS...], "rows": [[...], [...]]}
+    {"v": 2, "fields": [...WIRE_FIELDS...], "rows": [[...], [...]]}
 
 Rows are positional lists (half the bytes of dicts); ``fields`` makes each
 message self-describing. ``timestamp_us`` is microseconds since the Unix epoch,
 UTC, which is exact and cheap to encode.
+
+Versions: 2 added the token buckets and the provider (``WIRE_FIELDS_V1`` plus
+``ADDED_IN_V2``). Workers decode both (``FIELDS_BY_VERSION``), so producers can be
+upgraded while version-1 messages are still queued: a version-1 row has no
+cache or reasoning tokens and no provider (0, 0, 0, NULL).
+
+Token buckets follow the OpenTelemetry GenAI conventions: ``input_tokens``
+counts every input token, cache reads and cache writes included, and
+``reasoning_tokens`` are part of ``output_tokens``.
 """
 
 from __future__ import annotations
@@ -23,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, Final
 
-WIRE_VERSION: Final = 1
-WIRE_FIELDS: Final = (
+WIRE_VERSION: Final = 2
+WIRE_FIELDS_V1: Final = (
     "event_id",
     "tenant_id",
     "feature_name",
@@ -38,11 +47,17 @@ WIRE_FIELDS: Final = (
     "error_type",
     "timestamp_us",
 )
+ADDED_IN_V2: Final = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider")
+WIRE_FIELDS: Final = (*WIRE_FIELDS_V1, *ADDED_IN_V2)
+# A version-1 row's values of the fields added in version 2, in ADDED_IN_V2 order.
+V1_DEFAULTS: Final = (0, 0, 0, None)
+FIELDS_BY_VERSION: Final = {1: WIRE_FIELDS_V1, 2: WIRE_FIELDS}
 
 MAX_TENANT_ID_LEN: Final = 64
 MAX_FEATURE_NAME_LEN: Final = 64
 MAX_USER_ID_LEN: Final = 128
 MAX_MODEL_LEN: Final = 64
+MAX_PROVIDER_LEN: Final = 64  # e.g. OpenTelemetry's gen_ai.provider.name: "openai", "anthropic"
 MAX_ERROR_TYPE_LEN: Final = 128
 MAX_INT32: Final = 2**31 - 1
 STATUSES: Final = frozenset({"success", "error"})
@@ -111,6 +126,30 @@ def check_tokens_used(value: object, input_tokens: int, output_tokens: int) -> i
     if value < total:
         raise InvalidEvent(f"tokens_used ({value}) is less than input_tokens + output_tokens ({total})")
     return value
+
+
+def check_token_buckets(
+    input_tokens: int, output_tokens: int, cache_read: object, cache_write: object, reasoning: object
+) -> tuple[int, int, int]:
+    """The cache and reasoning counts, checked against the totals they are part of.
+
+    Cache reads and writes are part of ``input_tokens`` and reasoning tokens
+    part of ``output_tokens`` (the OpenTelemetry GenAI convention), so neither
+    part may exceed its total.
+    """
+    cache_read = check_count("cache_read_tokens", cache_read)
+    cache_write = check_count("cache_write_tokens", cache_write)
+    reasoning = check_count("reasoning_tokens", reasoning)
+    if cache_read + cache_write > input_tokens:
+        raise InvalidEvent(
+            f"cache_read_tokens + cache_write_tokens ({cache_read + cache_write}) is more than input_tokens"
+            f" ({input_tokens}), which includes them"
+        )
+    if reasoning > output_tokens:
+        raise InvalidEvent(
+            f"reasoning_tokens ({reasoning}) is more than output_tokens ({output_tokens}), which includes them"
+        )
+    return cache_read, cache_write, reasoning
 
 
 def timestamp_to_us(value: object) -> int:
@@ -201,11 +240,16 @@ def wire_row_parser(fields: tuple[str, ...] | list[str]) -> Callable[[object], d
     """``parse_wire_row`` bound to one field order (a message's ``fields``).
 
     The values are picked by position (no per-row dict of the raw values), in
-    ``WIRE_FIELDS`` order; ``fields`` must name every wire field.
+    ``WIRE_FIELDS`` order; ``fields`` must name every field of one wire version
+    (``FIELDS_BY_VERSION``): a version-1 row gets ``V1_DEFAULTS`` for the rest.
     """
     width = len(fields)
     names = list(fields)
-    pick = itemgetter(*(names.index(name) for name in WIRE_FIELDS))
+    pick: Callable[[Any], tuple[Any, ...]]
+    if set(ADDED_IN_V2).isdisjoint(names):
+        pick = _with_v1_defaults(itemgetter(*(names.index(name) for name in WIRE_FIELDS_V1)))
+    else:
+        pick = itemgetter(*(names.index(name) for name in WIRE_FIELDS))
 
     def parse(row: object) -> dict[str, Any]:
         try:
@@ -216,7 +260,14 @@ def wire_row_parser(fields: tuple[str, ...] | list[str]) -> Callable[[object], d
     return parse
 
 
-def _parse_wire_values(row: object, width: int, pick: itemgetter[Any]) -> dict[str, Any]:
+def _with_v1_defaults(pick_v1: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+    def pick(row: Any) -> tuple[Any, ...]:
+        return (*pick_v1(row), *V1_DEFAULTS)
+
+    return pick
+
+
+def _parse_wire_values(row: object, width: int, pick: Callable[[Any], tuple[Any, ...]]) -> dict[str, Any]:
     if not isinstance(row, list) or len(row) != width:
         raise InvalidEvent(f"row must be a list of {width} values")
     # The order of WIRE_FIELDS.
@@ -233,6 +284,10 @@ def _parse_wire_values(row: object, width: int, pick: itemgetter[Any]) -> dict[s
         status,
         error_type,
         ts_us,
+        cache_read_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        provider,
     ) = pick(row)
     try:
         event_id = uuid.UUID(hex=event_id_hex)
@@ -240,6 +295,9 @@ def _parse_wire_values(row: object, width: int, pick: itemgetter[Any]) -> dict[s
         raise InvalidEvent(f"event_id must be a UUID string, got {event_id_hex!r}") from None
     input_tokens = check_count("input_tokens", input_tokens)
     output_tokens = check_count("output_tokens", output_tokens)
+    cache_read, cache_write, reasoning = check_token_buckets(
+        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
+    )
     if type(ts_us) is not int:
         raise TypeError(f"timestamp_us must be an integer, got {type(ts_us).__name__}")
     try:
@@ -259,4 +317,8 @@ def _parse_wire_values(row: object, width: int, pick: itemgetter[Any]) -> dict[s
         "status": check_status(status),
         "error_type": check_str("error_type", error_type, MAX_ERROR_TYPE_LEN, optional=True),
         "timestamp": timestamp,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
+        "provider": check_str("provider", provider, MAX_PROVIDER_LEN, optional=True),
     }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schema import reasons
-from schema.event import WIRE_FIELDS, WIRE_VERSION, InvalidEvent, wire_row_parser
+from schema.event import FIELDS_BY_VERSION, InvalidEvent, wire_row_parser
 
 
 class WirePayload(Mapping[str, Any]):
@@ -71,19 +71,24 @@ def decode_message(message: object, max_rows: int | None = None) -> DecodedBatch
     that it is dead-lettered as a whole instead of crashing the worker; so does
     one with more than ``max_rows`` rows (INGEST_MAX_ROWS_PER_MESSAGE), checked
     before any row is parsed, its dead letter keeping only its first rows.
+    Every version in FIELDS_BY_VERSION is accepted, with exactly its fields.
     """
     batch = DecodedBatch()
-    if not isinstance(message, dict) or message.get("v") != WIRE_VERSION:
-        batch.invalid.append((message, reasons.not_an_ingest_message(WIRE_VERSION)))
+    version = message.get("v") if isinstance(message, dict) else None
+    # type() rather than a lookup: True == 1 and 1.0 == 1 would pass as version 1.
+    expected = FIELDS_BY_VERSION.get(version) if type(version) is int else None
+    if expected is None:
+        batch.invalid.append((message, reasons.not_an_ingest_message(tuple(FIELDS_BY_VERSION))))
         return batch
+    assert isinstance(message, dict)
     fields, rows = message.get("fields"), message.get("rows")
     if (
         not isinstance(rows, list)
         or not isinstance(fields, list)
         or not all(isinstance(name, str) for name in fields)
-        or sorted(fields) != sorted(WIRE_FIELDS)
+        or sorted(fields) != sorted(expected)
     ):
-        batch.invalid.append((message, reasons.missing_rows_and_fields(WIRE_FIELDS)))
+        batch.invalid.append((message, reasons.missing_rows_and_fields(expected)))
         return batch
     if max_rows is not None and len(rows) > max_rows:
         reason = reasons.too_many_rows(len(rows), max_rows, ROWS_KEPT_OF_OVERSIZED)

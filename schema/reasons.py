@@ -73,8 +73,9 @@ def could_not_be_dead_lettered(reason: str, error: BaseException) -> str:
     return f"{reason}; {COULD_NOT_BE_DEAD_LETTERED}: {type(error).__name__}: {error}"
 
 
-def not_an_ingest_message(version: int) -> str:
-    return f"{NOT_AN_INGEST_MESSAGE} of version {version}"
+def not_an_ingest_message(versions: Sequence[int]) -> str:
+    """``versions``: the wire versions the worker decodes (schema.event.FIELDS_BY_VERSION)."""
+    return f"{NOT_AN_INGEST_MESSAGE} of version {' or '.join(str(v) for v in versions)}"
 
 
 def missing_rows_and_fields(fields: Sequence[str]) -> str:

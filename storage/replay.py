@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from models import DeadLetter
-from schema.event import WIRE_FIELDS, WIRE_VERSION
+from schema.event import FIELDS_BY_VERSION
 from schema.message import decode_message
 from schema.task_message import ingest_batch
 from storage import dead_letters
@@ -39,9 +39,15 @@ class ReplayResult:
 
 
 def _as_message(payload: Any) -> Any:
-    """The ingest message a dead letter's payload stands for (the payload itself if none)."""
-    if isinstance(payload, dict) and set(payload) == set(WIRE_FIELDS):
-        return {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": [[payload[f] for f in WIRE_FIELDS]]}
+    """The ingest message a dead letter's payload stands for (the payload itself if none).
+
+    An event row is replayed in the wire version whose fields it has: a row
+    dead-lettered from a version-1 message goes back as version 1.
+    """
+    if isinstance(payload, dict):
+        for version, fields in FIELDS_BY_VERSION.items():
+            if set(payload) == set(fields):
+                return {"v": version, "fields": list(fields), "rows": [[payload[f] for f in fields]]}
     if isinstance(payload, dict) and set(payload) >= RAW_KEYS:
         try:
             body = json.loads(payload["body"])

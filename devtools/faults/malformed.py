@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from schema import reasons
-from schema.event import MAX_FEATURE_NAME_LEN, MAX_MODEL_LEN, MAX_TENANT_ID_LEN, MAX_USER_ID_LEN, WIRE_FIELDS
+from schema.event import (
+    MAX_FEATURE_NAME_LEN,
+    MAX_MODEL_LEN,
+    MAX_TENANT_ID_LEN,
+    MAX_USER_ID_LEN,
+    WIRE_FIELDS,
+    WIRE_VERSION,
+)
 
 TEN_YEARS_US = 10 * 365 * 86_400 * 1_000_000
 
@@ -41,6 +48,10 @@ def event(tenant: str, user: str, **overrides: Any) -> dict[str, Any]:
         "status": "success",
         "error_type": None,
         "timestamp_us": now_us(),
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "provider": None,
     }
     values.update(overrides)
     return values
@@ -50,7 +61,7 @@ def row(values: dict[str, Any]) -> list[Any]:
     return [values[name] for name in WIRE_FIELDS]
 
 
-def message(rows: list[Any], *, fields: list[str] | None = None, version: Any = 1) -> dict[str, Any]:
+def message(rows: list[Any], *, fields: list[str] | None = None, version: Any = WIRE_VERSION) -> dict[str, Any]:
     return {"v": version, "fields": list(WIRE_FIELDS) if fields is None else fields, "rows": rows}
 
 
@@ -117,7 +128,11 @@ class BadMessage:
 
 
 BAD_MESSAGES: list[BadMessage] = [
-    BadMessage("other version", lambda m: message([row(event(m, "u"))], version=2), reasons.NOT_AN_INGEST_MESSAGE),
+    BadMessage(
+        "other version",
+        lambda m: message([row(event(m, "u"))], version=WIRE_VERSION + 1),
+        reasons.NOT_AN_INGEST_MESSAGE,
+    ),
     BadMessage(
         "version as a string", lambda m: message([row(event(m, "u"))], version="1"), reasons.NOT_AN_INGEST_MESSAGE
     ),
