@@ -4,6 +4,7 @@ from models.api_key import ApiKey
 from models.base import Base
 from models.dead_letter import DeadLetter
 from models.event import AnalyticsEvent
+from models.price import CostRate, CostRateScope, PricedModel, PriceOverride
 from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPendingBatch
 from models.tenant_name import TenantName
 
@@ -11,7 +12,11 @@ __all__ = [
     "AnalyticsEvent",
     "ApiKey",
     "Base",
+    "CostRate",
+    "CostRateScope",
     "DeadLetter",
+    "PriceOverride",
+    "PricedModel",
     "RollupDaily",
     "RollupDailyUser",
     "RollupHourly",
