@@ -8,6 +8,7 @@ a connection: building Settings is pure.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Final, Literal
 
@@ -195,6 +196,24 @@ class Settings(BaseSettings):
     )
     rollup_chunk_batches: int = Field(
         1000, ge=1, description="Pending batches one rollup transaction takes (about 1,000 events each)."
+    )
+
+    # --- prices (pricing/) ---------------------------------------------------
+    price_max_usd_per_mtok: Decimal = Field(
+        Decimal(1000),
+        gt=0,
+        description="Largest per-million-token rate a price override may set (USD); larger ones are refused as absurd.",
+    )
+    price_max_usd_per_call: Decimal = Field(
+        Decimal(10),
+        gt=0,
+        description="Largest per-call fee a price override may set (USD); larger ones are refused as absurd.",
+    )
+    prices_refresh_interval_s: int = Field(
+        3600,
+        ge=1,
+        description="Beat recomputes the materialized rate table (cost_rates) this often, so that an upgraded "
+        "price catalog (genai-prices, after a restart) reaches every figure.",
     )
 
     # --- web ----------------------------------------------------------------

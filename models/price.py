@@ -67,7 +67,10 @@ class PriceOverride(Base):
     set_by: Mapped[str] = mapped_column(String(SET_BY_LEN), server_default="")
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    superseded_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("price_overrides.id"))
+    # Deferred: a correction names its replacement before the replacement's row exists (pricing.overrides).
+    superseded_by: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("price_overrides.id", deferrable=True, initially="DEFERRED")
+    )
     superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (

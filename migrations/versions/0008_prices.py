@@ -68,7 +68,13 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "(superseded_by IS NULL) = (superseded_at IS NULL)", name=op.f("ck_price_overrides_superseded_both")
         ),
-        sa.ForeignKeyConstraint(["superseded_by"], ["price_overrides.id"], name="price_overrides_superseded_by_fkey"),
+        sa.ForeignKeyConstraint(
+            ["superseded_by"],
+            ["price_overrides.id"],
+            name="price_overrides_superseded_by_fkey",
+            deferrable=True,
+            initially="DEFERRED",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_price_overrides")),
     )
     op.create_index(
