@@ -53,6 +53,7 @@ from schema.event import (
     MAX_ERROR_TYPE_LEN,
     MAX_FEATURE_NAME_LEN,
     MAX_MODEL_LEN,
+    MAX_PROVIDER_LEN,
     MAX_TENANT_ID_LEN,
     MAX_USER_ID_LEN,
     WIRE_FIELDS,
@@ -62,6 +63,7 @@ from schema.event import (
     check_status,
     check_str,
     check_timestamp,
+    check_token_buckets,
     check_tokens_used,
 )
 from tasks.broker import AMQP_CLASS
@@ -172,10 +174,23 @@ class Tracker:
         tokens_used: int | None = None,
         timestamp: datetime | None = None,
         event_id: uuid.UUID | str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        provider: str | None = None,
     ) -> bool:
-        """Record one AI call. Returns False if the full buffer refused it."""
+        """Record one AI call. Returns False if the full buffer refused it.
+
+        Token buckets as OpenTelemetry GenAI counts them: ``input_tokens``
+        includes ``cache_read_tokens`` and ``cache_write_tokens``;
+        ``output_tokens`` includes ``reasoning_tokens``. ``provider`` names the
+        API's provider ("openai", "anthropic", ...; gen_ai.provider.name).
+        """
         input_tokens = check_count("input_tokens", input_tokens)
         output_tokens = check_count("output_tokens", output_tokens)
+        cache_read, cache_write, reasoning = check_token_buckets(
+            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
+        )
         row = [
             _event_id_hex(event_id),
             check_str("tenant_id", tenant_id, MAX_TENANT_ID_LEN),
@@ -198,6 +213,10 @@ class Tracker:
                     retention_months=self._settings.partition_retention_months,
                 )
             ),
+            cache_read,
+            cache_write,
+            reasoning,
+            None if provider is None else check_str("provider", provider, MAX_PROVIDER_LEN, optional=True),
         ]
         if self._thread is None or self._pid != os.getpid():
             self.start()

@@ -137,6 +137,18 @@ def check_token_buckets(
     part of ``output_tokens`` (the OpenTelemetry GenAI convention), so neither
     part may exceed its total.
     """
+    # The common case in one expression (track() is on the caller's request path):
+    # within the totals, which are checked counts, means within MAX_INT32 too.
+    if (
+        type(cache_read) is int
+        and type(cache_write) is int
+        and type(reasoning) is int
+        and cache_read >= 0
+        and cache_write >= 0
+        and 0 <= reasoning <= output_tokens
+        and cache_read + cache_write <= input_tokens
+    ):
+        return cache_read, cache_write, reasoning
     cache_read = check_count("cache_read_tokens", cache_read)
     cache_write = check_count("cache_write_tokens", cache_write)
     reasoning = check_count("reasoning_tokens", reasoning)

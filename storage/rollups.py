@@ -63,7 +63,9 @@ from sqlalchemy.orm import Session
 
 from config import DEFAULTS
 from models import RollupPendingBatch
+from models.rollup import NO_MODEL, NO_PROVIDER
 from retry_policy import Backoff, call_with_retry
+from schema.bands import input_band_sql
 from storage.histogram import bucket_sql
 from storage.partitions import Month, existing_months
 from storage.sqlstate import sqlstate, sqlstate_in
@@ -105,14 +107,17 @@ def discard_batch(session: Session, batch_id: int) -> None:
 # --- SQL ----------------------------------------------------------------------
 
 # The current chunk, aggregated once at the two grains the rollups need:
-# per (tenant, feature, hour, model, latency bucket) for the hourly and daily
-# figures, and per (tenant, feature, day, user) for the user rows. Emptied at commit.
+# per (tenant, feature, hour, model, provider, input band, latency bucket) for
+# the hourly and daily figures, and per (tenant, feature, day, user, model,
+# provider, input band) for the user rows. Emptied at commit.
 SCRATCH_TABLE = """
 CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
     tenant_id varchar(64) NOT NULL,
     feature_name varchar(64) NOT NULL,
     hour timestamptz,
-    model varchar(64),
+    model varchar(64) NOT NULL,
+    provider varchar(64) NOT NULL,
+    input_band integer NOT NULL,
     latency_bucket smallint,
     day timestamptz,
     user_id varchar(128),
@@ -121,6 +126,9 @@ CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
     input_tokens bigint NOT NULL,
     output_tokens bigint NOT NULL,
     tokens_used bigint NOT NULL,
+    cache_read_tokens bigint NOT NULL,
+    cache_write_tokens bigint NOT NULL,
+    reasoning_tokens bigint NOT NULL,
     latency_sum bigint NOT NULL,
     latency_min integer NOT NULL,
     latency_max integer NOT NULL
@@ -146,6 +154,10 @@ RANGE_ROWS = (
 # Each event's latency bucket, rendered by storage.histogram from its constants
 # (written out, not a function call: see bucket_sql).
 EVENT_LATENCY_BUCKET = bucket_sql("e.latency_ms")
+# Each event's input band (schema.bands), written out for the same reason.
+EVENT_INPUT_BAND = input_band_sql("e.input_tokens")
+NO_MODEL_SQL = f"'{NO_MODEL}'"  # SQL literals of the constants (empty strings: nothing to escape)
+NO_PROVIDER_SQL = f"'{NO_PROVIDER}'"
 
 # One scan, two hashed grouping sets; a column outside a row's set is NULL.
 # date_bin from a UTC midnight is plain arithmetic; date_trunc(.., 'UTC') goes
@@ -153,36 +165,44 @@ EVENT_LATENCY_BUCKET = bucket_sql("e.latency_ms")
 FILL_SCRATCH = """
 INSERT INTO rollup_scratch
 SELECT e.tenant_id, e.feature_name,
-       date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''), {bucket},
+       date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, {no_model}),
+       coalesce(e.provider, {no_provider}), {band}, {bucket},
        date_bin('1 day', e.timestamp, {epoch}), e.user_id,
        count(*), count(*) FILTER (WHERE e.status = 'error'),
        sum(e.input_tokens), sum(e.output_tokens), sum(e.tokens_used),
+       sum(e.cache_read_tokens), sum(e.cache_write_tokens), sum(e.reasoning_tokens),
        sum(e.latency_ms), min(e.latency_ms), max(e.latency_ms)
 FROM analytics_events e
 WHERE {rows}
 GROUP BY GROUPING SETS (
-    (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, ''), {bucket}),
-    (e.tenant_id, e.feature_name, date_bin('1 day', e.timestamp, {epoch}), e.user_id))
+    (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, {no_model}),
+     coalesce(e.provider, {no_provider}), {band}, {bucket}),
+    (e.tenant_id, e.feature_name, date_bin('1 day', e.timestamp, {epoch}), e.user_id,
+     coalesce(e.model, {no_model}), coalesce(e.provider, {no_provider}), {band}))
 """
 
 # {table} and {source} come from ROLLUP_LEVELS below, never from input.
 UPSERT_LEVEL = """
-INSERT INTO {table} AS r (tenant_id, bucket, feature_name, model, calls, errors,
-    input_tokens, output_tokens, tokens_used, latency_sum, latency_min, latency_max,
-    latency_hist_buckets, latency_hist_counts)
-SELECT tenant_id, bucket, feature_name, model, sum(calls), sum(errors),
+INSERT INTO {table} AS r (tenant_id, bucket, feature_name, model, provider, input_band, calls, errors,
+    input_tokens, output_tokens, tokens_used, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+    latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts)
+SELECT tenant_id, bucket, feature_name, model, provider, input_band, sum(calls), sum(errors),
        sum(input_tokens), sum(output_tokens), sum(tokens_used),
+       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
        sum(latency_sum), min(latency_min), max(latency_max),
        array_agg(latency_bucket ORDER BY latency_bucket), array_agg(calls::integer ORDER BY latency_bucket)
 FROM {source} AS per_bucket
-GROUP BY tenant_id, bucket, feature_name, model
-ORDER BY tenant_id, bucket, feature_name, model
+GROUP BY tenant_id, bucket, feature_name, model, provider, input_band
+ORDER BY tenant_id, bucket, feature_name, model, provider, input_band
 ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET
     calls = r.calls + EXCLUDED.calls,
     errors = r.errors + EXCLUDED.errors,
     input_tokens = r.input_tokens + EXCLUDED.input_tokens,
     output_tokens = r.output_tokens + EXCLUDED.output_tokens,
     tokens_used = r.tokens_used + EXCLUDED.tokens_used,
+    cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    reasoning_tokens = r.reasoning_tokens + EXCLUDED.reasoning_tokens,
     latency_sum = r.latency_sum + EXCLUDED.latency_sum,
     latency_min = least(r.latency_min, EXCLUDED.latency_min),
     latency_max = greatest(r.latency_max, EXCLUDED.latency_max),
@@ -207,23 +227,32 @@ ONE_KNOWN_BUCKET = f"cardinality(EXCLUDED.latency_hist_buckets) = 1 AND {HIST_PO
 # The scratch rows are per hour already; days merge their hours' buckets first.
 HOURLY_SOURCE = "(SELECT *, hour AS bucket FROM rollup_scratch WHERE hour IS NOT NULL)"
 DAILY_SOURCE = """(
-    SELECT tenant_id, date_bin('1 day', hour, {epoch}) AS bucket, feature_name, model, latency_bucket,
-           sum(calls) AS calls, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
+    SELECT tenant_id, date_bin('1 day', hour, {epoch}) AS bucket, feature_name, model, provider, input_band,
+           latency_bucket, sum(calls) AS calls, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens, sum(tokens_used) AS tokens_used,
+           sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
+           sum(reasoning_tokens) AS reasoning_tokens,
            sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min,
            max(latency_max) AS latency_max
-    FROM rollup_scratch WHERE hour IS NOT NULL GROUP BY 1, 2, 3, 4, 5)"""
+    FROM rollup_scratch WHERE hour IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)"""
 ROLLUP_LEVELS = (("rollup_hourly", HOURLY_SOURCE), ("rollup_daily", DAILY_SOURCE))
 
 UPSERT_USERS = """
-INSERT INTO rollup_daily_users AS r (tenant_id, day, feature_name, user_id, calls, errors, tokens_used)
-SELECT tenant_id, day, feature_name, user_id, calls, errors, tokens_used
+INSERT INTO rollup_daily_users AS r (tenant_id, day, feature_name, user_id, model, provider, input_band,
+    calls, errors, tokens_used, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+SELECT tenant_id, day, feature_name, user_id, model, provider, input_band,
+       calls, errors, tokens_used, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
 FROM rollup_scratch WHERE day IS NOT NULL
-ORDER BY tenant_id, day, feature_name, user_id
+ORDER BY tenant_id, day, feature_name, user_id, model, provider, input_band
 ON CONFLICT ON CONSTRAINT pk_rollup_daily_users DO UPDATE SET
     calls = r.calls + EXCLUDED.calls,
     errors = r.errors + EXCLUDED.errors,
-    tokens_used = r.tokens_used + EXCLUDED.tokens_used
+    tokens_used = r.tokens_used + EXCLUDED.tokens_used,
+    input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = r.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    reasoning_tokens = r.reasoning_tokens + EXCLUDED.reasoning_tokens
 """
 
 TAKE_PENDING = text(
@@ -269,7 +298,15 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
     # 175 s instead of 5 s for 1M rows): no plain index scans here, only the
     # BRIN bitmap scan on batch_id (or, for a rebuild, the time-range indexes).
     conn.execute(text("SET LOCAL enable_sort = off; SET LOCAL enable_indexscan = off"))
-    conn.execute(text(FILL_SCRATCH.format(rows=rows, epoch=UTC_EPOCH, bucket=EVENT_LATENCY_BUCKET)), params)
+    fill = FILL_SCRATCH.format(
+        rows=rows,
+        epoch=UTC_EPOCH,
+        bucket=EVENT_LATENCY_BUCKET,
+        band=EVENT_INPUT_BAND,
+        no_model=NO_MODEL_SQL,
+        no_provider=NO_PROVIDER_SQL,
+    )
+    conn.execute(text(fill), params)
     conn.execute(text("SET LOCAL enable_sort = on; SET LOCAL enable_indexscan = on"))
     events = int(conn.execute(SCRATCH_EVENTS).scalar_one())
     touched = [

@@ -2,7 +2,9 @@
 
 The oracle computes every rollup figure straight from ``analytics_events``
 (SQL aggregates, ``percentile_disc``, and the latency histogram built in
-Python from the raw latencies), independently of storage.rollups.
+Python from the raw latencies), independently of storage.rollups; the input
+band is computed from INPUT_BANDS as data (the greatest boundary below the
+input), not with schema.bands' CASE expression that the rollups use.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from models.rollup import ROLLUP_KEY, USER_ROLLUP_KEY
 from retry_policy import Backoff, call_with_retry
+from schema.bands import INPUT_BANDS
 from storage.db import make_session_factory
 from storage.events import Row
 from storage.flush import Flush, FlushResult, commit_flush
@@ -51,6 +55,10 @@ def event(
     input_tokens: int = 10,
     output_tokens: int = 5,
     extra_tokens: int = 0,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    provider: str | None = None,
     event_id: uuid.UUID | None = None,
 ) -> Row:
     """One (mapping, payload) pair as the worker's decoder yields it."""
@@ -67,6 +75,10 @@ def event(
         "latency_ms": latency_ms,
         "status": status,
         "error_type": "timeout" if status == "error" else None,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "provider": provider,
     }
     return mapping, {**mapping, "event_id": str(mapping["event_id"]), "timestamp": timestamp.isoformat()}
 
@@ -116,52 +128,70 @@ class Cell:
     input_tokens: int
     output_tokens: int
     tokens_used: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
     latency_sum: int
     latency_min: int
     latency_max: int
     histogram: LatencyHistogram
 
 
-EXPECTED_CELLS = """
+# Each event's band: the greatest boundary its input exceeds, looked up in the list.
+BAND = "coalesce((SELECT max(b) FROM unnest(CAST(:bands AS integer[])) AS b WHERE input_tokens > b), 0)"
+EXPECTED_CELLS = f"""
 SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC') AS bucket, feature_name, coalesce(model, '') AS model,
+       coalesce(provider, '') AS provider, {BAND} AS input_band,
        count(*), count(*) FILTER (WHERE status = 'error'), sum(input_tokens), sum(output_tokens),
-       sum(tokens_used), sum(latency_ms), min(latency_ms), max(latency_ms), array_agg(latency_ms)
-FROM analytics_events GROUP BY 1, 2, 3, 4
+       sum(tokens_used), sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
+       sum(latency_ms), min(latency_ms), max(latency_ms), array_agg(latency_ms)
+FROM analytics_events GROUP BY 1, 2, 3, 4, 5, 6
 """
 STORED_CELLS = """
-SELECT tenant_id, bucket, feature_name, model, calls, errors, input_tokens, output_tokens,
-       tokens_used, latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts
+SELECT tenant_id, bucket, feature_name, model, provider, input_band, calls, errors, input_tokens, output_tokens,
+       tokens_used, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+       latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts
 FROM {table}
 """
-EXPECTED_USERS = """
-SELECT tenant_id, date_trunc('day', timestamp, 'UTC'), feature_name, user_id,
-       count(*), count(*) FILTER (WHERE status = 'error'), sum(tokens_used)
-FROM analytics_events GROUP BY 1, 2, 3, 4
+USER_SUMS = (
+    "calls, errors, tokens_used, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens"
+)
+EXPECTED_USERS = f"""
+SELECT tenant_id, date_trunc('day', timestamp, 'UTC'), feature_name, user_id, coalesce(model, ''),
+       coalesce(provider, ''), {BAND},
+       count(*), count(*) FILTER (WHERE status = 'error'), sum(tokens_used), sum(input_tokens), sum(output_tokens),
+       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens)
+FROM analytics_events GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
-STORED_USERS = "SELECT tenant_id, day, feature_name, user_id, calls, errors, tokens_used FROM rollup_daily_users"
-EXPECTED_PERCENTILES = """
-SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC'), feature_name, coalesce(model, ''),
-       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
-FROM analytics_events GROUP BY 1, 2, 3, 4
+STORED_USERS = f"SELECT {', '.join(USER_ROLLUP_KEY)}, {USER_SUMS} FROM rollup_daily_users"
+USER_KEY_WIDTH = len(USER_ROLLUP_KEY)
+EXPECTED_PERCENTILES = f"""
+SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC'), feature_name, coalesce(model, ''), coalesce(provider, ''),
+       {BAND}, percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
+FROM analytics_events GROUP BY 1, 2, 3, 4, 5, 6
 """
 
-Key = tuple[str, datetime, str, str]
+Key = tuple[str, datetime, str, str, str, int]
+BANDS = {"bands": list(INPUT_BANDS)}
 
 
 def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
     cells = {}
-    for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit}):
-        *key, calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, latencies = row
+    for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit, **BANDS}):
+        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning, lat_sum, lat_min, lat_max, lats = row
         cells[tuple(key)] = Cell(
             calls,
             errors,
             inp,
             out,
             tokens,
+            cache_read,
+            cache_write,
+            reasoning,
             lat_sum,
             lat_min,
             lat_max,
-            LatencyHistogram.from_latencies(latencies),
+            LatencyHistogram.from_latencies(lats),
         )
     return cells  # type: ignore[return-value]
 
@@ -169,9 +199,21 @@ def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
 def stored_cells(conn: Connection, table: str) -> dict[Key, Cell]:
     cells = {}
     for row in conn.execute(text(STORED_CELLS.format(table=table))):
-        *key, calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, buckets, counts = row
+        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning = row[:14]
+        lat_sum, lat_min, lat_max, buckets, counts = row[14:]
         cells[tuple(key)] = Cell(
-            calls, errors, inp, out, tokens, lat_sum, lat_min, lat_max, LatencyHistogram.of(buckets, counts)
+            calls,
+            errors,
+            inp,
+            out,
+            tokens,
+            cache_read,
+            cache_write,
+            reasoning,
+            lat_sum,
+            lat_min,
+            lat_max,
+            LatencyHistogram.of(buckets, counts),
         )
     return cells  # type: ignore[return-value]
 
@@ -187,14 +229,15 @@ def assert_rollups_match_raw(conn: Connection) -> None:
         assert stored.keys() == expected.keys(), f"{table}: keys differ"
         for key, cell in expected.items():
             assert stored[key] == cell, f"{table} {key}: {stored[key]} != {cell}"
-        percentiles = conn.execute(text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES)})
+        percentiles = conn.execute(text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES), **BANDS})
         for *key, exact in percentiles:
             cell = stored[tuple(key)]  # type: ignore[index]
             for q, value in zip(QUANTILES, exact, strict=False):
                 estimate = cell.histogram.quantile(q, cell.latency_min, cell.latency_max)
                 assert within_error(estimate, value), f"{table} {key} p{q}: {estimate} vs {value}"
-    expected_users = {tuple(row[:4]): tuple(row[4:]) for row in conn.execute(text(EXPECTED_USERS))}
-    stored_users = {tuple(row[:4]): tuple(row[4:]) for row in conn.execute(text(STORED_USERS))}
+    width = USER_KEY_WIDTH
+    expected_users = {tuple(row[:width]): tuple(row[width:]) for row in conn.execute(text(EXPECTED_USERS), BANDS)}
+    stored_users = {tuple(row[:width]): tuple(row[width:]) for row in conn.execute(text(STORED_USERS))}
     assert stored_users == expected_users
 
 
@@ -215,9 +258,10 @@ def rollup_rows(conn: Connection) -> int:
 
 def dump_rollups(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every rollup row, in key order, for comparing two states."""
+    keys = {"rollup_hourly": ROLLUP_KEY, "rollup_daily": ROLLUP_KEY, "rollup_daily_users": USER_ROLLUP_KEY}
     return {
-        table: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4"))]
-        for table in ("rollup_hourly", "rollup_daily", "rollup_daily_users")
+        table: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY {', '.join(key)}"))]
+        for table, key in keys.items()
     }
 
 

@@ -36,6 +36,7 @@ router = APIRouter(tags=["ingest"])
 EVENT_FIELDS = frozenset({
     "event_id", "feature_name", "user_id", "model", "input_tokens", "output_tokens",
     "tokens_used", "latency_ms", "status", "error_type", "timestamp",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider",
 })  # fmt: skip
 REQUIRED_FIELDS = ("feature_name", "user_id")
 HTTP_MULTI_STATUS = 207
@@ -45,7 +46,10 @@ class EventBatch(BaseModel):
     events: list[dict[str, Any]] = Field(
         description="Usage events: feature_name, user_id (required); input_tokens, output_tokens,"
         " tokens_used, latency_ms, status ('success'|'error'), model, error_type, timestamp"
-        " (ISO 8601 with offset), event_id (UUID) (optional). No tenant_id: it is the key's.",
+        " (ISO 8601 with offset), event_id (UUID) (optional); cache_read_tokens, cache_write_tokens,"
+        " reasoning_tokens (optional, default 0) and provider (optional, e.g. 'openai', 'anthropic'),"
+        " counted as OpenTelemetry GenAI does: input_tokens includes cache reads and cache writes,"
+        " output_tokens includes reasoning tokens. No tenant_id: it is the key's.",
         # Published in the schema; enforced by the handler, which names the problem in its own words.
         json_schema_extra={"minItems": 1},
     )

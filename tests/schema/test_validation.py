@@ -19,15 +19,18 @@ from schema.event import (
     MAX_FEATURE_NAME_LEN,
     MAX_INT32,
     MAX_MODEL_LEN,
+    MAX_PROVIDER_LEN,
     MAX_TENANT_ID_LEN,
     MAX_USER_ID_LEN,
     WIRE_FIELDS,
+    WIRE_FIELDS_V1,
     WIRE_VERSION,
     InvalidEvent,
     parse_wire_row,
     timestamp_to_us,
 )
 from schema.message import decode_message
+from schema.reasons import missing_rows_and_fields
 
 # Nothing listens on port 1: a test that accidentally publishes fails loudly.
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
@@ -94,7 +97,22 @@ PRODUCER_CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("event_id not a uuid", {"event_id": "not-a-uuid"}, ValueError, "event_id"),
     ("event_id int", {"event_id": 12345}, ValueError, "event_id"),
     ("event_id short hex", {"event_id": "abcdef"}, ValueError, "event_id"),
-]
+    ("cache reads as str", {"cache_read_tokens": "3"}, TypeError, "cache_read_tokens"),
+    ("cache writes as bool", {"cache_write_tokens": True}, TypeError, "cache_write_tokens"),
+    ("reasoning as float", {"reasoning_tokens": 1.0}, TypeError, "reasoning_tokens"),
+    ("negative cache reads", {"cache_read_tokens": -1}, ValueError, "cache_read_tokens"),
+    ("negative cache writes", {"cache_write_tokens": -1}, ValueError, "cache_write_tokens"),
+    ("negative reasoning", {"reasoning_tokens": -1}, ValueError, "reasoning_tokens"),
+    ("cache over int32", {"cache_read_tokens": MAX_INT32 + 1}, ValueError, "cache_read_tokens"),
+    ("cache reads over input", {"input_tokens": 10, "cache_read_tokens": 11}, ValueError, "cache_read_tokens"),
+    ("cache reads + writes over input", {"input_tokens": 10, "cache_read_tokens": 6, "cache_write_tokens": 5},
+     ValueError, "cache_write_tokens"),
+    ("reasoning over output", {"output_tokens": 5, "reasoning_tokens": 6}, ValueError, "reasoning_tokens"),
+    ("provider as int", {"provider": 5}, TypeError, "provider"),
+    ("long provider", {"provider": "p" * (MAX_PROVIDER_LEN + 1)}, ValueError, "provider"),
+    ("NUL in provider", {"provider": "open\x00ai"}, ValueError, "provider"),
+    ("lone surrogate in provider", {"provider": "\udcff"}, ValueError, "provider"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -109,6 +127,19 @@ def test_track_refuses_and_names_the_field(
     # Refused before anything is buffered; no thread, no connection.
     assert tracker.stats().buffered == 0
     assert tracker._thread is None
+
+
+def test_track_buffers_the_token_buckets_and_the_provider(tracker: Tracker) -> None:
+    """The buckets may equal their totals (all input cached, all output reasoning); the row is wire version 2."""
+    try:
+        buckets = {"cache_read_tokens": 6, "cache_write_tokens": 4, "reasoning_tokens": 5, "provider": "openai"}
+        assert tracker.track(**{**VALID, "input_tokens": 10, "output_tokens": 5, **buckets}, event_id=uuid.uuid4())
+        assert tracker.track(**VALID, event_id=uuid.uuid4())  # event ids are otherwise given at publish
+        with_buckets, without = (parse_wire_row(WIRE_FIELDS, row) for row in tracker._buffer)
+        assert {name: with_buckets[name] for name in buckets} == buckets
+        assert [without[name] for name in buckets] == [0, 0, 0, None]
+    finally:
+        tracker.close(timeout=0)
 
 
 @pytest.mark.parametrize("missing", ["tenant_id", "feature_name", "user_id"])
@@ -161,6 +192,10 @@ def wire_row(**overrides: Any) -> list[Any]:
         "status": "success",
         "error_type": None,
         "timestamp_us": timestamp_to_us(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)),
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "provider": None,
         **overrides,
     }
     return [values[name] for name in WIRE_FIELDS]
@@ -168,7 +203,11 @@ def wire_row(**overrides: Any) -> list[Any]:
 
 def test_parse_wire_row_maps_a_valid_row() -> None:
     event_id = uuid.uuid4()
-    mapping = parse_wire_row(WIRE_FIELDS, wire_row(event_id=event_id.hex, tokens_used=None, latency_ms=7.4))
+    mapping = parse_wire_row(
+        WIRE_FIELDS,
+        wire_row(event_id=event_id.hex, tokens_used=None, latency_ms=7.4, input_tokens=10, cache_read_tokens=6,
+                 cache_write_tokens=4, output_tokens=5, reasoning_tokens=5, provider="anthropic"),
+    )  # fmt: skip
     assert mapping == {
         "event_id": event_id,
         "tenant_id": "acme",
@@ -182,7 +221,34 @@ def test_parse_wire_row_maps_a_valid_row() -> None:
         "status": "success",
         "error_type": None,
         "timestamp": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        # Parts of their totals, and equal to them at most.
+        "cache_read_tokens": 6,
+        "cache_write_tokens": 4,
+        "reasoning_tokens": 5,
+        "provider": "anthropic",
     }
+
+
+def test_a_version_1_message_decodes_with_no_buckets_and_no_provider() -> None:
+    """Version-1 messages still queued when producers are upgraded are stored, not dead-lettered."""
+    v2_row = wire_row(user_id="old")
+    v1_row = [v2_row[WIRE_FIELDS.index(name)] for name in reversed(WIRE_FIELDS_V1)]
+    decoded = decode_message({"v": 1, "fields": list(reversed(WIRE_FIELDS_V1)), "rows": [v1_row]})
+    assert decoded.invalid == []
+    [(mapping, payload)] = decoded.rows
+    assert mapping == parse_wire_row(WIRE_FIELDS, v2_row)  # the same event as version 2 with the defaults
+    assert (mapping["cache_read_tokens"], mapping["cache_write_tokens"], mapping["reasoning_tokens"]) == (0, 0, 0)
+    assert mapping["provider"] is None
+    assert dict(payload) == dict(zip(reversed(WIRE_FIELDS_V1), v1_row, strict=True))  # as received
+
+
+def test_each_version_must_name_exactly_its_fields() -> None:
+    v1_fields_in_v2 = decode_message({"v": 2, "fields": list(WIRE_FIELDS_V1), "rows": [wire_row()[:12]]})
+    v2_fields_in_v1 = decode_message({"v": 1, "fields": list(WIRE_FIELDS), "rows": [wire_row()]})
+    for decoded, fields in ((v1_fields_in_v2, WIRE_FIELDS), (v2_fields_in_v1, WIRE_FIELDS_V1)):
+        assert decoded.rows == []
+        [(_, reason)] = decoded.invalid
+        assert reason == missing_rows_and_fields(fields)
 
 
 # (wire overrides, the field the InvalidEvent message must name)
@@ -199,6 +265,13 @@ WORKER_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("tokens over int32", {"output_tokens": MAX_INT32 + 1}, "output_tokens"),
     ("sum over int32", {"input_tokens": MAX_INT32, "output_tokens": 1, "tokens_used": None}, "tokens_used"),
     ("tokens_used too low", {"tokens_used": 14}, "tokens_used"),
+    ("cache reads as str", {"cache_read_tokens": "1"}, "cache_read_tokens"),
+    ("cache writes null", {"cache_write_tokens": None}, "cache_write_tokens"),
+    ("reasoning negative", {"reasoning_tokens": -1}, "reasoning_tokens"),
+    ("cache over input", {"input_tokens": 10, "cache_read_tokens": 5, "cache_write_tokens": 6}, "input_tokens"),
+    ("reasoning over output", {"output_tokens": 5, "reasoning_tokens": 6}, "reasoning_tokens"),
+    ("provider as int", {"provider": 1}, "provider"),
+    ("long provider", {"provider": "p" * (MAX_PROVIDER_LEN + 1)}, "provider"),
     ("long user", {"user_id": "u" * (MAX_USER_ID_LEN + 1)}, "user_id"),
     ("long model", {"model": "m" * (MAX_MODEL_LEN + 1)}, "model"),
     ("NUL in feature", {"feature_name": "x\x00"}, "feature_name"),
@@ -256,15 +329,18 @@ NOT_OUR_FORMAT: list[tuple[str, Any]] = [
     ("null", None),
     ("list", [[1, 2, 3]]),
     ("dict without v", {"fields": list(WIRE_FIELDS), "rows": [wire_row()]}),
-    ("other version", {"v": 2, "fields": list(WIRE_FIELDS), "rows": [wire_row()]}),
+    ("other version", {"v": WIRE_VERSION + 1, "fields": list(WIRE_FIELDS), "rows": [wire_row()]}),
+    ("version 0", {"v": 0, "fields": list(WIRE_FIELDS), "rows": [wire_row()]}),
+    ("v as bool", {"v": True, "fields": list(WIRE_FIELDS_V1), "rows": [wire_row()[:12]]}),
+    ("v as float", {"v": 1.0, "fields": list(WIRE_FIELDS_V1), "rows": [wire_row()[:12]]}),
     ("v as string", {"v": "1", "fields": list(WIRE_FIELDS), "rows": [wire_row()]}),
-    ("a field missing", {"v": 1, "fields": list(WIRE_FIELDS[:-1]), "rows": [wire_row()[:-1]]}),
-    ("an extra field", {"v": 1, "fields": [*WIRE_FIELDS, "cost"], "rows": [[*wire_row(), 1]]}),
-    ("a field twice", {"v": 1, "fields": [*WIRE_FIELDS, "tenant_id"], "rows": [[*wire_row(), "other"]]}),
-    ("fields not strings", {"v": 1, "fields": [[name] for name in WIRE_FIELDS], "rows": [wire_row()]}),
-    ("fields as str", {"v": 1, "fields": ",".join(WIRE_FIELDS), "rows": [wire_row()]}),
-    ("rows missing", {"v": 1, "fields": list(WIRE_FIELDS)}),
-    ("rows as dict", {"v": 1, "fields": list(WIRE_FIELDS), "rows": {"0": wire_row()}}),
+    ("a field missing", {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS[:-1]), "rows": [wire_row()[:-1]]}),
+    ("an extra field", {"v": WIRE_VERSION, "fields": [*WIRE_FIELDS, "cost"], "rows": [[*wire_row(), 1]]}),
+    ("a field twice", {"v": WIRE_VERSION, "fields": [*WIRE_FIELDS, "tenant_id"], "rows": [[*wire_row(), "other"]]}),
+    ("fields not strings", {"v": WIRE_VERSION, "fields": [[name] for name in WIRE_FIELDS], "rows": [wire_row()]}),
+    ("fields as str", {"v": WIRE_VERSION, "fields": ",".join(WIRE_FIELDS), "rows": [wire_row()]}),
+    ("rows missing", {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS)}),
+    ("rows as dict", {"v": WIRE_VERSION, "fields": list(WIRE_FIELDS), "rows": {"0": wire_row()}}),
 ]
 
 

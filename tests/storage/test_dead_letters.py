@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from cli.main import cli
 from config import get_settings
-from schema.event import WIRE_FIELDS
+from schema.event import WIRE_FIELDS_V1
 from schema.message import decode_message
 from storage import dead_letters
 from storage.db import make_session_factory
@@ -32,7 +32,8 @@ def wire_row(tenant: str, *, ts_us: int | None = None, status: str = "success") 
 
 
 def message(*rows: list) -> dict:
-    return {"v": 1, "fields": list(WIRE_FIELDS), "rows": list(rows)}
+    """A version-1 message (no token buckets, no provider): its dead letters replay as version 1."""
+    return {"v": 1, "fields": list(WIRE_FIELDS_V1), "rows": list(rows)}
 
 
 def letters(engine: Engine, tenant: str) -> list[tuple[int, int, str]]:

@@ -65,6 +65,10 @@ def wire_row(timestamp: datetime, **overrides: Any) -> list[Any]:
         "status": "success",
         "error_type": None,
         "timestamp_us": (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "provider": None,
     }
     values.update(overrides)
     return [values[name] for name in WIRE_FIELDS]

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from config import get_settings
+from schema.bands import INPUT_BANDS, input_band
 from storage.events import store_batch
 from storage.histogram import (
     GAMMA,
@@ -61,20 +62,30 @@ class Boom(RuntimeError):
 
 
 def some_events(n: int, hours_ago: int = 1, seed: int = 0, **fixed: object) -> list:
+    """``n`` events of one hour: a few features, models, providers, users, input bands and token buckets."""
     rng = random.Random(seed)
     start = recent_hour(hours_ago)
-    return [
-        event(
-            start + timedelta(seconds=rng.randrange(3600)),
-            feature=rng.choice(["f1", "f2"]),
-            model=rng.choice([None, "m1"]),
-            user=f"u{rng.randrange(4)}",
-            latency_ms=rng.randrange(0, 5000),
-            status=rng.choice(["success", "error"]),
-            **fixed,  # type: ignore[arg-type]
-        )
-        for _ in range(n)
-    ]
+    events = []
+    for _ in range(n):
+        input_tokens = rng.choice([10, 5_000, INPUT_BANDS[0], INPUT_BANDS[0] + 1, 250_000])
+        output_tokens = rng.randrange(0, 2_000)
+        cache_read = rng.choice([0, input_tokens // 2])
+        spec = {
+            "feature": rng.choice(["f1", "f2"]),
+            "model": rng.choice([None, "m1"]),
+            "provider": rng.choice([None, "openai", "anthropic"]),
+            "user": f"u{rng.randrange(4)}",
+            "latency_ms": rng.randrange(0, 5000),
+            "status": rng.choice(["success", "error"]),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_tokens": cache_read,
+            "cache_write_tokens": rng.choice([0, (input_tokens - cache_read) // 3]),
+            "reasoning_tokens": rng.choice([0, output_tokens]),
+            **fixed,
+        }
+        events.append(event(start + timedelta(seconds=rng.randrange(3600)), **spec))  # type: ignore[arg-type]
+    return events
 
 
 # --- the histogram ------------------------------------------------------------
@@ -163,6 +174,49 @@ def test_each_stored_batch_is_logged_once_and_a_run_drains_the_log(engine: Engin
     with engine.connect() as conn:
         assert pending_batches(conn) == 0
         assert_rollups_match_raw(conn)
+
+
+def test_rollups_keep_sums_per_provider_and_input_band(engine: Engine) -> None:
+    """A tiered price needs each request's input size: the sums are split at every band boundary."""
+    hour = recent_hour(1)
+    sizes = [INPUT_BANDS[0], INPUT_BANDS[0] + 1, INPUT_BANDS[0] + 2, 260_000]
+    rows = [
+        event(hour + timedelta(minutes=i), input_tokens=size, output_tokens=100, cache_read_tokens=size // 4,
+              cache_write_tokens=size // 8, reasoning_tokens=40, provider="openai", user=f"u{i % 2}")
+        for i, size in enumerate(sizes)
+    ] + [event(hour, input_tokens=5, output_tokens=1, user="u1")]  # fmt: skip
+    ingest(engine, rows)
+    run_until_idle(engine)
+    with engine.connect() as conn:
+        hourly = conn.execute(
+            text(
+                "SELECT provider, input_band, calls, input_tokens, cache_read_tokens, cache_write_tokens,"
+                " reasoning_tokens FROM rollup_hourly ORDER BY provider, input_band"
+            )
+        ).all()
+        users = conn.execute(
+            text(
+                "SELECT user_id, model, provider, input_band, calls, input_tokens, output_tokens, reasoning_tokens"
+                " FROM rollup_daily_users ORDER BY user_id, provider, input_band"
+            )
+        ).all()
+        assert_rollups_match_raw(conn)
+    by_band: dict[int, list[int]] = {}
+    for size in sizes:
+        by_band.setdefault(input_band(size), []).append(size)
+    assert [tuple(row) for row in hourly] == [("", 0, 1, 5, 0, 0, 0)] + [
+        ("openai", band, len(group), sum(group), sum(s // 4 for s in group), sum(s // 8 for s in group), 40 * len(group))
+        for band, group in sorted(by_band.items())
+    ]  # fmt: skip
+    assert [row.input_band for row in hourly] == [0, 0, INPUT_BANDS[0], 256_000]
+    # Per user, model, provider and band: what prices a user's cost.
+    assert [tuple(row) for row in users] == [
+        ("u0", "m1", "openai", 0, 1, sizes[0], 100, 40),
+        ("u0", "m1", "openai", INPUT_BANDS[0], 1, sizes[2], 100, 40),
+        ("u1", "m1", "", 0, 1, 5, 1, 0),
+        ("u1", "m1", "openai", INPUT_BANDS[0], 1, sizes[1], 100, 40),
+        ("u1", "m1", "openai", 256_000, 1, sizes[3], 100, 40),
+    ]
 
 
 def test_a_batch_that_commits_late_is_not_missed(engine: Engine) -> None:

@@ -2,7 +2,8 @@
 every rollup figure equals the figure computed straight from raw events.
 
 Hypothesis draws events (several tenants, features, models including none,
-users, latencies from 0 to 2**31-1, errors, timestamps over the last three days
+users, latencies from 0 to 2**31-1, errors, token buckets and providers,
+input sizes on both sides of every input-band boundary, timestamps over the last three days
 and late ones 30-45 days old), cuts them into batches, and repeats some
 batches and some events (redelivered messages, repeated ids inside a message).
 Two writer threads store the batches through storage.events.store_batch, one
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, text
 
 from queries.rollups import feature_summary, hour_span, snapshot
+from schema.bands import INPUT_BANDS
 from storage.events import Row
 from storage.rollups import run_chunk, run_until_idle
 from tests.rollup_checks import (
@@ -44,6 +46,7 @@ from tests.rollup_checks import (
 TENANTS = ("t1", "t2")
 FEATURES = ("f1", "f2", "f3")
 MODELS = (None, "m1", "m2")
+PROVIDERS = (None, "openai", "anthropic")
 RECENT_S = 3 * 24 * 3600
 LATE_S = (30 * 24 * 3600, 45 * 24 * 3600)
 MAX_LATENCY = 2**31 - 1
@@ -62,8 +65,15 @@ event_specs = st.fixed_dictionaries(
         "user": st.sampled_from([f"u{i}" for i in range(4)]),
         "latency_ms": latencies,
         "status": st.sampled_from(["success", "success", "error"]),
-        "input_tokens": st.integers(0, 5000),
+        "provider": st.sampled_from(PROVIDERS),
+        "input_tokens": st.one_of(
+            st.integers(0, 5000), st.sampled_from([bound + delta for bound in INPUT_BANDS for delta in (-1, 0, 1)])
+        ),
         "output_tokens": st.integers(0, 5000),
+        # Clamped to their totals in build_batches.
+        "cache_read_tokens": st.integers(0, 5000),
+        "cache_write_tokens": st.integers(0, 500),
+        "reasoning_tokens": st.integers(0, 5000),
         "extra_tokens": st.integers(0, 3),
         "offset_s": offsets_s,
         "offset_us": st.integers(0, 999_999),
@@ -90,6 +100,9 @@ def build_batches(scenario: dict[str, Any], now: datetime) -> list[list[Row]]:
     for spec in scenario["specs"]:
         spec = dict(spec)
         offset = timedelta(seconds=spec.pop("offset_s"), microseconds=spec.pop("offset_us"))
+        spec["cache_read_tokens"] = min(spec["cache_read_tokens"], spec["input_tokens"])
+        spec["cache_write_tokens"] = min(spec["cache_write_tokens"], spec["input_tokens"] - spec["cache_read_tokens"])
+        spec["reasoning_tokens"] = min(spec["reasoning_tokens"], spec["output_tokens"])
         events.append(event(now - offset, event_id=uuid.uuid4(), **spec))
     batches: list[list[Row]] = []
     sizes = scenario["sizes"]
