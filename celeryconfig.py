@@ -20,6 +20,8 @@ from tasks.names import (
     PARTITIONS_APPLY_RETENTION,
     PARTITIONS_ENSURE_AHEAD,
     PARTITIONS_TASKS,
+    PRICES_REFRESH,
+    PRICES_TASKS,
     ROLLUPS_RUN,
     ROLLUPS_TASKS,
 )
@@ -78,6 +80,7 @@ def build(settings: Settings) -> dict[str, Any]:
             INGEST_WRITE_BATCH: {"queue": settings.ingest_queue},
             PARTITIONS_TASKS: {"queue": MAINTENANCE_QUEUE},
             ROLLUPS_TASKS: {"queue": settings.rollup_queue},
+            PRICES_TASKS: {"queue": MAINTENANCE_QUEUE},
         },
         # Messages the worker cannot run are dead-lettered, not dropped.
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
@@ -105,6 +108,12 @@ def build(settings: Settings) -> dict[str, Any]:
                 "task": ROLLUPS_RUN,
                 "schedule": timedelta(seconds=settings.rollup_interval_s),
                 "options": {"expires": settings.rollup_interval_s},
+            },
+            # The whole rate table again, for a catalog upgraded since (pricing.rates).
+            "prices-refresh": {
+                "task": PRICES_REFRESH,
+                "schedule": timedelta(seconds=settings.prices_refresh_interval_s),
+                "options": {"expires": settings.prices_refresh_interval_s},
             },
         },
         "timezone": "UTC",

@@ -24,6 +24,7 @@ from cli.errors import DEBUG_HINT, OPERATOR_ERROR_TYPES, user_error
 from cli.load import load_command
 from cli.migrate import migrate_command
 from cli.partitions import partitions
+from cli.prices import prices
 from cli.report import report_command
 from cli.rollups import rollups
 from config import get_settings
@@ -70,6 +71,7 @@ cli.add_command(rollups)
 cli.add_command(load_command)
 cli.add_command(api_keys)
 cli.add_command(report_command)
+cli.add_command(prices)
 
 
 def use_embedded_services(state_file: Path) -> None:

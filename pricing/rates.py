@@ -68,7 +68,8 @@ class RefreshResult:
 
 
 @lru_cache(maxsize=CATALOG_CACHE_PAIRS)
-def _catalog(model: str, provider: str) -> tuple[RateRow, ...]:
+def catalog_rows(model: str, provider: str) -> tuple[RateRow, ...]:
+    """The pair's catalog rate card, kept in memory (the catalog changes only with a restart)."""
     return tuple(catalog_schedule(model, provider))
 
 
@@ -176,7 +177,7 @@ def _refresh_pairs(session: Session, pairs: list[Pair], tenants: set[str] | None
     dropped_scopes: list[tuple[str, str, str]] = []
     for pair in pairs:
         model, provider = pair
-        catalog = _catalog(model, provider)
+        catalog = catalog_rows(model, provider)
         if tenants is None:
             global_overrides = [o for o in overrides if o.tenant_id == GLOBAL and applies(o, GLOBAL, model, provider)]
             rewritten.append((GLOBAL, model, provider))

@@ -20,7 +20,7 @@ from tasks import resources
 from tasks.broker import AMQP_CLASS
 from tasks.names import PARTITIONS_ENSURE_AHEAD
 
-TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups"]
+TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups", "tasks.prices"]
 
 
 def create_app() -> Celery:

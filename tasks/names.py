@@ -12,7 +12,9 @@ PARTITIONS_ENSURE_AHEAD = "partitions.ensure_ahead"
 PARTITIONS_APPLY_RETENTION = "partitions.apply_retention"
 ROLLUPS_RUN = "rollups.run"
 ROLLUPS_REBUILD = "rollups.rebuild"
+PRICES_REFRESH = "prices.refresh"
 
 # Route patterns (celeryconfig.task_routes): every task of a domain.
 PARTITIONS_TASKS = "partitions.*"
 ROLLUPS_TASKS = "rollups.*"
+PRICES_TASKS = "prices.*"
