@@ -1,7 +1,7 @@
 """The project's other benchmarks, run by the suite as child processes.
 
-``bench.rollups``, ``bench.partitions``, ``bench.faults`` and
-``bench.small_producers`` each build their own database (or private servers)
+``bench.rollups``, ``bench.partitions``, ``bench.faults``,
+``bench.small_producers`` and ``bench.cost`` each build their own database (or private servers)
 and print their own report. The suite runs
 each in turn after the ingest phases, echoes its output, and takes the figures
 of its ``RESULT`` line into BENCHMARKS.md beside their targets, so that one
@@ -66,6 +66,15 @@ COMPANIONS: dict[str, Companion] = {
         "200 producers (real Trackers, 4 processes of 50) each flushing 10 events every 200 ms for 20 s, stored"
         " by the Celery worker (INGEST_MODE=task) and by the aggregator (INGEST_MODE=aggregate), each reconciled;"
         " events/s from the first track() to the last commit, transactions/s from pg_stat_database",
+    ),
+    "cost": Companion(
+        "cost",
+        "bench.cost",
+        ("--quick",),
+        "cost in USD priced at query time over 20M events of 1,000 tenants and 24 models (dated, tiered,"
+        " time-of-day and unpriced) with three dated overrides: one tenant's 30-day cost per feature, the ranking"
+        " of the tenants by cost, the time from a new override to the API's new figure, and one tenant-month"
+        " against its events priced one by one with genai-prices",
     ),
 }
 
@@ -197,11 +206,19 @@ def _small_producer_figures(values: dict[str, float]) -> list[Figure]:
     ]  # fmt: skip
 
 
+def _cost_figures(values: dict[str, float]) -> list[Figure]:
+    from bench.cost import figure_rows
+    from bench.report import Figure
+
+    return [Figure(fig.name, fig.value, fig.shown, fig.target, fig.ok) for fig in figure_rows(values)]
+
+
 FIGURES: dict[str, Callable[[dict[str, float]], list[Figure]]] = {
     "rollups": _rollup_figures,
     "partitions": _partition_figures,
     "faults": _fault_figures,
     "small_producers": _small_producer_figures,
+    "cost": _cost_figures,
 }
 
 

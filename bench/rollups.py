@@ -33,7 +33,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -119,10 +119,16 @@ def log(message: str) -> None:
 
 @dataclass
 class Loader:
-    """Loads events in time order, whole batches per statement, on LOAD_JOBS connections."""
+    """Loads events in time order, whole batches per statement, on LOAD_JOBS connections.
+
+    ``sql`` is the statement that loads one piece (LOAD_SQL's parameters, plus ``params``,
+    which are bound to every piece): another benchmark loads other columns the same way.
+    """
 
     engine: Engine
     next_i: int = 0  # event numbers are unique across loads (they make the event ids)
+    sql: str = LOAD_SQL
+    params: dict[str, Any] = field(default_factory=dict)
 
     def reserve_batches(self, count: int) -> int:
         with self.engine.begin() as conn:
@@ -153,7 +159,7 @@ class Loader:
                 "t0": t0 + step * offset, "t1": t0 + step * (offset + n_batches * BATCH_EVENTS),
                 "late_share": late_share, "late_from": late[0], "late_to": late[1],
                 "features": list(FEATURES), "n_features": len(FEATURES),
-                "models": list(MODELS), "n_models": len(MODELS),
+                "models": list(MODELS), "n_models": len(MODELS), **self.params,
             })  # fmt: skip
         started = time.monotonic()
         done = [0]
@@ -165,7 +171,7 @@ class Loader:
                 for params in mine:
                     with self.engine.begin() as conn:
                         conn.execute(text("SET LOCAL jit = off"))
-                        conn.execute(text(LOAD_SQL), params)
+                        conn.execute(text(self.sql), params)
                     with lock:
                         done[0] += params["n"]
                         if done[0] % 5_000_000 < params["n"] or done[0] == batches * BATCH_EVENTS:
