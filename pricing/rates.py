@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import delete, event, insert, select, tuple_
+from sqlalchemy import Table, delete, event, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -178,17 +178,22 @@ def _refresh_pairs(session: Session, pairs: list[Pair], tenants: set[str] | None
     for pair in pairs:
         model, provider = pair
         catalog = catalog_rows(model, provider)
+        # The pair's overrides once, then per tenant: linear in the overrides, whatever the tenants.
+        for_pair = [o for o in overrides if applies(o, o.tenant_id, model, provider)]
+        global_overrides = [o for o in for_pair if o.tenant_id == GLOBAL]
+        by_tenant: dict[str, list[PriceOverride]] = {}
+        for o in for_pair:
+            if o.tenant_id != GLOBAL:
+                by_tenant.setdefault(o.tenant_id, []).append(o)
         if tenants is None:
-            global_overrides = [o for o in overrides if o.tenant_id == GLOBAL and applies(o, GLOBAL, model, provider)]
             rewritten.append((GLOBAL, model, provider))
             records.extend(_record(GLOBAL, pair, row) for row in schedule(catalog, global_overrides))
-        own = {o.tenant_id for o in overrides if o.tenant_id != GLOBAL and applies(o, o.tenant_id, model, provider)}
-        if tenants is not None:
-            own &= tenants
+        own = set(by_tenant) if tenants is None else set(by_tenant) & tenants
         for tenant in sorted(own):
-            mine = [o for o in overrides if applies(o, tenant, model, provider)]
             rewritten.append((tenant, model, provider))
-            records.extend(_record(tenant, pair, row) for row in schedule(catalog, mine))
+            records.extend(
+                _record(tenant, pair, row) for row in schedule(catalog, global_overrides + by_tenant[tenant])
+            )
             wanted_scopes.append({"tenant_id": tenant, "model": model, "provider": provider})
         for tenant, m, p in scoped:
             if (m, p) == pair and tenant not in own and (tenants is None or tenant in tenants):
@@ -205,7 +210,8 @@ def _refresh_pairs(session: Session, pairs: list[Pair], tenants: set[str] | None
             )
         )
     if records:
-        session.execute(insert(CostRate), records)
+        # Core, not the ORM's bulk path (which sends a statement per row here): one multi-row INSERT per page.
+        session.connection().execute(insert(cast(Table, CostRate.__table__)), records)
     if wanted_scopes:
         session.execute(pg_insert(CostRateScope).on_conflict_do_nothing(), wanted_scopes)
     return RefreshResult(len(pairs), len(rewritten), len(records), clock.perf_counter() - started)
