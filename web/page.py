@@ -7,7 +7,11 @@ and calls the tenant-scoped JSON routes (web.dashboard) with it in the
 ``Authorization`` header, like any other client. ``GET /api/me`` tells it which tenant a key reads, so a tenant key
 needs no tenant typed in. Its charts come from one ``/feature-series`` request
 for the web.dashboard.DEFAULT_SERIES_FEATURES features with the most calls (the
-page says so when there are more); the table lists every feature.
+page says so when there are more); the table lists every feature. Its cost
+figures come from web.cost (per feature with the previous period, per model,
+per hour or day, top users) and ``/active-users``, filtered by feature and
+model; amounts stay decimal strings, rounded as text, and calls no price covers
+are flagged UNPRICED with their models, never shown as $0.
 
 Chart.js is installed from the npm registry by ``scripts/setup`` (web/package.json,
 pinned by web/package-lock.json) and served from this process at

@@ -5,7 +5,8 @@ producer, RabbitMQ (a private queue), a real Celery worker, PostgreSQL, then
 a rollup run (``python -m cli rollups run``). The browser opens the page that
 same server serves, types a tenant key, and the test reads back what a person
 would see: the charts Chart.js drew and the summary table, whose figures must
-be what was sent. The browser console must stay free of errors (a CSP
+be what was sent, and the cost figures, which must be the strings the cost API
+answers for the requests the page made. The browser console must stay free of errors (a CSP
 violation, a failed request, a script error) and every resource must come from
 the server itself. Screenshots land in the test's directory and in
 ``test-output/`` at the repository root.
@@ -19,11 +20,13 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -58,6 +61,14 @@ SPREAD_HOURS = 6  # the recent events are spread over this many hours
 OLD_EVENT_AGE = timedelta(days=3)  # one more event, inside 7 days but outside 24 hours
 OLD_EVENT_FEATURE = "smart_search"
 OTHER_TENANT_CALLS = 5  # another tenant's events, which the page must never show
+# Models: the catalog prices PRICED_MODEL (provider PRICED_PROVIDER); nothing prices UNPRICED_MODEL, which every
+# UNPRICED_EVERY-th event uses. Every CACHED_EVERY-th priced event reads CACHE_READ_TOKENS from the cache.
+PRICED_MODEL, PRICED_PROVIDER = "gpt-4o-mini", "openai"
+UNPRICED_MODEL = "acme-internal-llm"
+UNPRICED_EVERY = 3
+CACHED_EVERY = 2
+CACHE_READ_TOKENS = 5
+USER_MARKUP = "<i>user</i>-"  # user ids hold markup: the page must show it as text
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Seeded:
     key: str
     recent: Counter[str]
     old: Counter[str]
+    models: Counter[str]  # recent calls per model
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -75,10 +87,15 @@ class Seeded:
 def _event(feature: str, index: int, moment: datetime) -> dict[str, Any]:
     failed = index % ERROR_EVERY == ERROR_EVERY - 1
     event: dict[str, Any] = {
-        "feature_name": feature, "user_id": f"user-{index % 3}", "model": "gpt-4o-mini",
-        "input_tokens": 10 + index, "output_tokens": 5 + index, "latency_ms": 100.0 + 25 * index,
-        "status": "error" if failed else "success", "timestamp": moment.isoformat(),
+        "feature_name": feature, "user_id": f"{USER_MARKUP}{index % 3}", "model": PRICED_MODEL,
+        "provider": PRICED_PROVIDER, "input_tokens": 10 + index, "output_tokens": 5 + index,
+        "latency_ms": 100.0 + 25 * index, "status": "error" if failed else "success", "timestamp": moment.isoformat(),
     }  # fmt: skip
+    if index % UNPRICED_EVERY == UNPRICED_EVERY - 1:
+        event["model"] = UNPRICED_MODEL
+        del event["provider"]
+    elif index % CACHED_EVERY == CACHED_EVERY - 1:
+        event["cache_read_tokens"] = CACHE_READ_TOKENS
     if failed:
         event["error_type"] = "timeout"
     return event
@@ -112,6 +129,14 @@ def _delete_queue(name: str) -> None:
         conn.default_channel.queue_delete(name)
 
 
+def _materialize_rates(engine: Engine, events: list[dict[str, Any]]) -> None:
+    """The rate rows of the events' (model, provider) pairs, as the rollup run makes them (harmless if it did)."""
+    from pricing.rates import ensure_priced  # imported late: it reads the price catalog
+
+    with Session(engine) as session, session.begin():
+        ensure_priced(session, {(e["model"], e.get("provider", "")) for e in events})
+
+
 @pytest.fixture(scope="module")
 def seeded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     """A tenant with events stored through the whole pipeline and rolled up; its key."""
@@ -138,8 +163,9 @@ def seeded(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         done = subprocess.run([sys.executable, "-m", "cli", "rollups", "run"], cwd=REPO_ROOT, env={**os.environ, **env},
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
+        _materialize_rates(engine, recent + old)
         yield Seeded(tenant, key, Counter(e["feature_name"] for e in recent), Counter(e["feature_name"] for e in old),
-                     log_dir, env)  # fmt: skip
+                     Counter(e["model"] for e in recent), log_dir, env)  # fmt: skip
     finally:
         _delete_queue(queue)
 
@@ -248,12 +274,13 @@ def test_dashboard_shows_what_was_sent(seeded: Seeded, browser: webdriver.Chrome
             assert table[feature]["calls.text"] == str(calls)
             assert int(table[feature]["tokens_used"]) == sum(15 + 2 * i for i in range(calls))
 
-        # The charts: four Chart.js instances on four canvases, a line per feature, summing to the table.
-        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "4"
+        # The charts: four Chart.js instances on four canvases, a line per feature, summing to the table
+        # (and the cost chart, which test_dashboard_cost_is_the_cost_api checks).
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "5"
         assert len(browser.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 4
         drawn = browser.execute_script(
-            "return Object.values(Chart.instances).map(c => ({canvas: c.canvas.id,"
-            " lines: c.data.datasets.map(d => [d.label, d.data.reduce((s, v) => s + (v || 0), 0)])}))"
+            "return Object.values(Chart.instances).filter(c => c.canvas.id !== 'chart-cost').map(c => ({"
+            " canvas: c.canvas.id, lines: c.data.datasets.map(d => [d.label, d.data.reduce((s, v) => s + (v || 0), 0)])}))"
         )
         assert sorted(chart["canvas"] for chart in drawn) == ["chart-calls", "chart-error-rate", "chart-p95",
                                                               "chart-tokens"]  # fmt: skip
@@ -301,6 +328,12 @@ def test_dashboard_without_the_chart_library_shows_the_table(
         _refresh_with(browser, browser.find_element(By.ID, "show").click)
         assert browser.find_element(By.ID, "charts-unavailable").is_displayed()
         assert not browser.find_element(By.ID, "charts").is_displayed()
+        assert not browser.find_element(By.ID, "cost-chart-box").is_displayed()
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-cost") == "ready"
+        shown_models = {
+            row.get_attribute("data-model") for row in browser.find_elements(By.CSS_SELECTOR, "#model-rows tr")
+        }
+        assert shown_models == set(seeded.models), shown_models
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "unavailable"
         assert browser.execute_script("return typeof window.Chart") == "undefined"
         assert _calls(_table(browser)) == seeded.recent
@@ -373,3 +406,218 @@ def test_many_features_one_chart_request_top_ten_drawn_all_in_the_table(
         requests = _api_requests(browser)
         assert requests.count("/feature-series") == 1 and "/series" not in requests, requests
         assert _console_errors(browser) == []
+
+
+# --- cost ---------------------------------------------------------------------------
+
+COST_FIELDS = ("cost_usd", "cost_per_call_usd", "cost_per_1k_tokens_usd")
+# How the page rounds an amount (dashboard.js formatUsd), done here with Decimal: at least MIN_PLACES decimals,
+# SIGNIFICANT digits past a fraction's leading zeros, at most MAX_PLACES, trailing zeros trimmed to SHOWN_MIN_PLACES.
+MIN_PLACES, SIGNIFICANT, MAX_PLACES, SHOWN_MIN_PLACES = 4, 4, 12, 2
+COMPARED_DAYS = 2  # the custom range whose previous period holds the OLD_EVENT_AGE event
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One cost-side request the page made (its query) and the API's answer to the same URL."""
+
+    query: dict[str, list[str]]
+    answer: dict[str, Any]
+
+
+def _usd_text(value: str, *, signed: bool = False) -> str:
+    amount = Decimal(value)
+    whole, _, fraction = value.lstrip("-").partition(".")
+    zeros = len(fraction) - len(fraction.lstrip("0")) if int(whole) == 0 else 0
+    places = min(MAX_PLACES, max(MIN_PLACES, zeros + SIGNIFICANT))
+    rounded = abs(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    integer, _, decimals = f"{rounded:,f}".partition(".")
+    sign = "-" if amount < 0 and rounded else "+" if signed else ""
+    return f"{sign}${integer}.{decimals.rstrip('0').ljust(SHOWN_MIN_PLACES, '0')}"
+
+
+def _money_text(figures: dict[str, Any] | None, field: str) -> str:
+    """What a cost cell shows for one /cost row: never $0 for unpriced calls, ≈ before an approximate amount."""
+    if figures is None:
+        return ""
+    value = figures[field]
+    if value is None:
+        return "unpriced" if figures["unpriced_calls"] else "–"
+    text = ("≈" if figures.get("approximate") else "") + _usd_text(value)
+    if field == "cost_usd" and figures["unpriced_calls"]:
+        text += f" + {figures['unpriced_calls']:,} unpriced calls"
+    return text
+
+
+def _cost_requests(driver: webdriver.Chrome, key: str) -> dict[str, Asked]:
+    """The /cost and /active-users requests the page made since its resource timings were cleared, asked again
+    with the same URLs; keyed by group_by ('active-users' for that route)."""
+    names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    asked = {}
+    for url in names:
+        path, _, query = url.partition("?")
+        route = path.rsplit("/", 1)[1]
+        if "/api/tenants/" not in path or route not in ("cost", "active-users"):
+            continue
+        params = parse_qs(query)
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert response.status_code == httpx.codes.OK, response.text
+        asked[params["group_by"][0] if route == "cost" else route] = Asked(params, response.json())
+    return asked
+
+
+def _reload_cost(driver: webdriver.Chrome, key: str, action: Any) -> dict[str, Asked]:
+    driver.execute_script("performance.clearResourceTimings()")
+    _refresh_with(driver, action)
+    state = driver.find_element(By.TAG_NAME, "body").get_attribute("data-cost")
+    assert state == "ready", driver.find_element(By.ID, "cost-status").text
+    return _cost_requests(driver, key)
+
+
+def _choose(driver: webdriver.Chrome, select_id: str, value: str) -> Callable[[], None]:
+    return lambda: Select(driver.find_element(By.ID, select_id)).select_by_value(value)
+
+
+def _value(driver: webdriver.Chrome, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).get_attribute("data-value")
+
+
+def _check_overview(driver: webdriver.Chrome, by_feature: dict[str, Any]) -> None:
+    """Total, previous period and change: the API's strings; the change computed exactly from them."""
+    nothing = {"cost_usd": "0", "unpriced_calls": 0}
+    now, before = by_feature["total"] or nothing, by_feature["previous"]["total"] or nothing
+    assert _value(driver, "cost-total") == (now["cost_usd"] or "")
+    assert driver.find_element(By.ID, "cost-total").text == _money_text(now, "cost_usd")
+    assert _value(driver, "cost-previous") == (before["cost_usd"] or "")
+    assert driver.find_element(By.ID, "cost-previous").text == _money_text(before, "cost_usd")
+    diff = Decimal(now["cost_usd"]) - Decimal(before["cost_usd"])
+    assert Decimal(_value(driver, "cost-change")) == diff
+    percent = (100 * float(diff)) / float(before["cost_usd"]) if Decimal(before["cost_usd"]) else None
+    expected = _usd_text(str(diff), signed=True)
+    if percent is not None:
+        expected += f" ({'+' if percent > 0 else ''}{percent:.1f} %)"
+    if now["unpriced_calls"] or before["unpriced_calls"]:
+        expected += " (unpriced calls left out)"
+    assert driver.find_element(By.ID, "cost-change").text == expected
+
+
+def _model_rows(driver: webdriver.Chrome) -> dict[str, dict[str, str]]:
+    return {row.get_attribute("data-model"): {**_cells(row), "name": row.find_element(By.TAG_NAME, "th").text}
+            for row in driver.find_elements(By.CSS_SELECTOR, "#model-rows tr[data-model]")}  # fmt: skip
+
+
+def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """Every cost figure on the page is the string the cost API answers for the page's own requests, shown
+    rounded from that string; the unpriced model is flagged with its calls, tokens and the advice, never $0."""
+    with uvicorn_server(tmp_path, seeded.extra_env) as server:
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(seeded.key)
+        asked = _reload_cost(browser, seeded.key, browser.find_element(By.ID, "show").click)
+        assert set(asked) == {"feature", "model", "hour", "user", "active-users"}, asked
+        by_feature, by_model = asked["feature"].answer, asked["model"].answer
+        assert asked["feature"].query["compare"] == ["true"]
+        total = by_feature["total"]
+        assert total["calls"] == sum(seeded.recent.values())
+        assert total["unpriced_calls"] == seeded.models[UNPRICED_MODEL] > 0
+        assert Decimal(total["cost_usd"]) > 0
+
+        # The per-feature cost columns and the totals row.
+        table = _table(browser)
+        assert {row["feature"] for row in by_feature["rows"]} == set(seeded.recent)
+        for row in by_feature["rows"]:
+            for field in COST_FIELDS:
+                assert table[row["feature"]][field] == (row[field] or ""), (row, field)
+                assert table[row["feature"]][field + ".text"] == _money_text(row, field), (row, field)
+        for field in COST_FIELDS:
+            assert table["Total"][field] == (total[field] or "")
+            assert table["Total"][field + ".text"] == _money_text(total, field)
+        _check_overview(browser, by_feature)
+
+        # The per-model table: both models; the catalog prices one, the other is flagged and has no cost.
+        models = _model_rows(browser)
+        assert set(models) == set(seeded.models) == {row["model"] for row in by_model["rows"]}
+        for row in by_model["rows"]:
+            shown = models[row["model"]]
+            assert int(shown["calls"]) == seeded.models[row["model"]] == row["calls"]
+            assert int(shown["tokens_used"]) == row["tokens_used"]
+            for field in COST_FIELDS:
+                assert shown[field] == (row[field] or "") and shown[field + ".text"] == _money_text(row, field)
+        assert models[PRICED_MODEL]["unpriced_calls.text"] == "yes" and Decimal(models[PRICED_MODEL]["cost_usd"]) > 0
+        assert models[UNPRICED_MODEL]["unpriced_calls.text"] == "UNPRICED"
+        assert models[UNPRICED_MODEL]["cost_usd.text"] == "unpriced" and models[UNPRICED_MODEL]["cost_usd"] == ""
+
+        # The UNPRICED flag: the model, its calls and tokens, and what to do.
+        notice = browser.find_element(By.ID, "unpriced")
+        assert notice.is_displayed() and "UNPRICED" in notice.text
+        unpriced = next(row for row in by_model["rows"] if row["model"] == UNPRICED_MODEL)
+        listed = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#unpriced-models li")]
+        assert listed == [
+            f"{UNPRICED_MODEL}: {unpriced['unpriced_calls']:,} calls, {unpriced['unpriced_tokens']:,} tokens"
+        ]
+        assert f"{total['unpriced_calls']:,} call(s), {total['unpriced_tokens']:,} tokens" in notice.text
+        assert browser.find_element(By.ID, "unpriced-advice").text == by_feature["unpriced_advice"]
+        assert "$0.00" not in notice.text
+
+        # Top users by cost, in the API's order, their ids (which hold markup) shown as text.
+        users = browser.find_elements(By.CSS_SELECTOR, "#user-rows tr[data-user]")
+        shown_users = [(u.find_element(By.TAG_NAME, "th").text, _cells(u)["cost_usd"]) for u in users]
+        assert shown_users == [(row["user"], row["cost_usd"] or "") for row in asked["user"].answer["rows"]]
+        assert all(name.startswith(USER_MARKUP) for name, _ in shown_users) and shown_users
+        assert browser.find_elements(By.CSS_SELECTOR, "#user-rows i") == []
+
+        # Daily active users, as the API answers them.
+        active = [(r.get_attribute("data-day"), r.get_attribute("data-feature"), int(_cells(r)["users"]))
+                  for r in browser.find_elements(By.CSS_SELECTOR, "#active-rows tr[data-day]")]  # fmt: skip
+        days = asked["active-users"].answer["days"]
+        assert active == [(d["day"][:10], d["feature_name"], d["users"]) for d in days] and active
+
+        # The cost chart: one point per hour; the API's amounts as numbers, a gap (never 0) for unpriced-only hours.
+        points = browser.execute_script(
+            "return Object.values(Chart.instances).find(c => c.canvas.id === 'chart-cost').data.datasets[0].data"
+        )
+        hours = asked["hour"].answer["rows"]
+        assert sorted(v for v in points if v) == sorted(float(r["cost_usd"]) for r in hours if r["cost_usd"])
+        assert points.count(None) == sum(r["cost_usd"] is None for r in hours)
+        _screenshot(browser, tmp_path, "dashboard-cost.png")
+
+        # Against the previous period: a range whose previous period of the same length holds the older event.
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        browser.execute_script(
+            "document.getElementById('custom-start').value = arguments[0];"
+            " document.getElementById('custom-end').value = arguments[1]",
+            (hour - timedelta(days=COMPARED_DAYS)).strftime("%Y-%m-%dT%H:%M"),
+            (hour + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+        )
+        asked = _reload_cost(browser, seeded.key, _choose(browser, "range", "custom"))
+        previous = asked["feature"].answer["previous"]["total"]
+        assert previous["calls"] == sum(seeded.old.values()) and Decimal(previous["cost_usd"]) > 0
+        _check_overview(browser, asked["feature"].answer)
+
+        # The model filter: the cost figures of that model only; the model list still offers every model.
+        asked = _reload_cost(browser, seeded.key, _choose(browser, "filter-model", PRICED_MODEL))
+        for group in ("feature", "hour", "user"):
+            assert asked[group].query["model"] == [PRICED_MODEL], group
+        assert "model" not in asked["model"].query
+        filtered = asked["feature"].answer
+        assert filtered["total"]["unpriced_calls"] == 0 and "unpriced_advice" not in filtered
+        assert filtered["total"]["calls"] == seeded.models[PRICED_MODEL]  # the custom range, without the older event
+        assert filtered["previous"]["total"]["calls"] == sum(seeded.old.values())
+        _check_overview(browser, filtered)
+        assert not browser.find_element(By.ID, "unpriced").is_displayed()
+        assert set(_model_rows(browser)) == {PRICED_MODEL}
+        options = {o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#filter-model option")}
+        assert options == {"", PRICED_MODEL, UNPRICED_MODEL}
+
+        # And the feature filter on top: one feature's cost; the others' cost cells are left empty, not $0.
+        feature = "summarization"
+        asked = _reload_cost(browser, seeded.key, _choose(browser, "filter-feature", feature))
+        assert asked["feature"].query["feature"] == [feature] and asked["active-users"].query["feature"] == [feature]
+        _check_overview(browser, asked["feature"].answer)
+        table = _table(browser)
+        assert table[feature]["cost_usd"] == asked["feature"].answer["rows"][0]["cost_usd"]
+        assert all(table[other]["cost_usd.text"] == "" for other in seeded.recent if other != feature)
+        assert {r.get_attribute("data-feature") for r in browser.find_elements(By.CSS_SELECTOR, "#active-rows tr")} \
+            == {feature}  # fmt: skip
+
+        assert _console_errors(browser) == []
+        assert _foreign_resources(browser, server.url) == []
