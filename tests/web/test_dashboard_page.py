@@ -66,6 +66,10 @@ OTHER_TENANT_CALLS = 5  # another tenant's events, which the page must never sho
 PRICED_MODEL, PRICED_PROVIDER = "gpt-4o-mini", "openai"
 UNPRICED_MODEL = "acme-internal-llm"
 UNPRICED_EVERY = 3
+# Every HOURLY_PRICED_EVERY-th other event uses a model the catalog prices by time of day (given without a
+# provider): its per-user figures come from daily cells and are approximate.
+HOURLY_PRICED_MODEL = "deepseek-chat"
+HOURLY_PRICED_EVERY = 5
 CACHED_EVERY = 2
 CACHE_READ_TOKENS = 5
 USER_MARKUP = "<i>user</i>-"  # user ids hold markup: the page must show it as text
@@ -93,6 +97,9 @@ def _event(feature: str, index: int, moment: datetime) -> dict[str, Any]:
     }  # fmt: skip
     if index % UNPRICED_EVERY == UNPRICED_EVERY - 1:
         event["model"] = UNPRICED_MODEL
+        del event["provider"]
+    elif index % HOURLY_PRICED_EVERY == HOURLY_PRICED_EVERY - 1:
+        event["model"] = HOURLY_PRICED_MODEL
         del event["provider"]
     elif index % CACHED_EVERY == CACHED_EVERY - 1:
         event["cache_read_tokens"] = CACHE_READ_TOKENS
@@ -533,7 +540,7 @@ def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrom
             assert table["Total"][field + ".text"] == _money_text(total, field)
         _check_overview(browser, by_feature)
 
-        # The per-model table: both models; the catalog prices one, the other is flagged and has no cost.
+        # The per-model table: every model; the catalog prices two, the other is flagged and has no cost.
         models = _model_rows(browser)
         assert set(models) == set(seeded.models) == {row["model"] for row in by_model["rows"]}
         for row in by_model["rows"]:
@@ -542,7 +549,8 @@ def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrom
             assert int(shown["tokens_used"]) == row["tokens_used"]
             for field in COST_FIELDS:
                 assert shown[field] == (row[field] or "") and shown[field + ".text"] == _money_text(row, field)
-        assert models[PRICED_MODEL]["unpriced_calls.text"] == "yes" and Decimal(models[PRICED_MODEL]["cost_usd"]) > 0
+        for priced in (PRICED_MODEL, HOURLY_PRICED_MODEL):
+            assert models[priced]["unpriced_calls.text"] == "yes" and Decimal(models[priced]["cost_usd"]) > 0
         assert models[UNPRICED_MODEL]["unpriced_calls.text"] == "UNPRICED"
         assert models[UNPRICED_MODEL]["cost_usd.text"] == "unpriced" and models[UNPRICED_MODEL]["cost_usd"] == ""
 
@@ -559,11 +567,17 @@ def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrom
         assert "$0.00" not in notice.text
 
         # Top users by cost, in the API's order, their ids (which hold markup) shown as text.
-        users = browser.find_elements(By.CSS_SELECTOR, "#user-rows tr[data-user]")
-        shown_users = [(u.find_element(By.TAG_NAME, "th").text, _cells(u)["cost_usd"]) for u in users]
-        assert shown_users == [(row["user"], row["cost_usd"] or "") for row in asked["user"].answer["rows"]]
-        assert all(name.startswith(USER_MARKUP) for name, _ in shown_users) and shown_users
+        # The time-of-day model makes some per-user figures approximate: marked ≈.
+        users = [(u.find_element(By.TAG_NAME, "th").text, _cells(u)) for u in
+                 browser.find_elements(By.CSS_SELECTOR, "#user-rows tr[data-user]")]  # fmt: skip
+        expected = [
+            (row["user"], row["cost_usd"] or "", _money_text(row, "cost_usd")) for row in asked["user"].answer["rows"]
+        ]
+        assert [(name, cells["cost_usd"], cells["cost_usd.text"]) for name, cells in users] == expected
+        assert all(name.startswith(USER_MARKUP) for name, _ in users) and users
         assert browser.find_elements(By.CSS_SELECTOR, "#user-rows i") == []
+        assert any(row["approximate"] for row in asked["user"].answer["rows"])
+        assert browser.find_elements(By.CSS_SELECTOR, "#user-rows [data-approximate='true'] .approx-mark")
 
         # Daily active users, as the API answers them.
         active = [(r.get_attribute("data-day"), r.get_attribute("data-feature"), int(_cells(r)["users"]))
@@ -606,7 +620,7 @@ def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrom
         assert not browser.find_element(By.ID, "unpriced").is_displayed()
         assert set(_model_rows(browser)) == {PRICED_MODEL}
         options = {o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#filter-model option")}
-        assert options == {"", PRICED_MODEL, UNPRICED_MODEL}
+        assert options == {"", *seeded.models}
 
         # And the feature filter on top: one feature's cost; the others' cost cells are left empty, not $0.
         feature = "summarization"
