@@ -79,8 +79,10 @@ def _with(**overrides: Any) -> Callable[[str, str], list[Any]]:
 
 
 BAD_ROWS: list[BadRow] = [
-    BadRow("missing field", lambda t, u: row(event(t, u))[:-1], "row must be a list of 12 values"),
-    BadRow("extra field", lambda t, u: [*row(event(t, u)), "surplus"], "row must be a list of 12 values"),
+    BadRow("missing field", lambda t, u: row(event(t, u))[:-1], f"row must be a list of {len(WIRE_FIELDS)} values"),
+    BadRow(
+        "extra field", lambda t, u: [*row(event(t, u)), "surplus"], f"row must be a list of {len(WIRE_FIELDS)} values"
+    ),
     BadRow("row as an object", lambda t, u: event(t, u), "row must be a list"),
     BadRow("event_id not a UUID", _with(event_id="not-a-uuid"), "event_id"),
     BadRow("event_id null", _with(event_id=None), "event_id"),

@@ -46,6 +46,7 @@ def make_rows(tenant: str, n: int) -> list[Row]:
         wire = [
             uuid.uuid4().hex, tenant, "summarize", f"user-{i}", "gpt-test",
             i, 2, i + 2, 100 + i, "success", None, now_us - i,
+            i // 2, i % 3 // 2, i % 2, "openai" if i % 2 else None,  # the token buckets and provider
         ]  # fmt: skip
         rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
     return rows

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
-from schema.event import WIRE_FIELDS, parse_wire_row
+from schema.event import WIRE_FIELDS_V1, parse_wire_row
 from storage import dead_letters
 from storage.events import Row, WriteResult, store_batch
 from storage.tenant_names import KNOWN, NameCaps, admit_names
@@ -29,7 +29,7 @@ def rows_for(tenant: str, feature: str, n: int = 2, model: str | None = "gpt-x")
     rows = []
     for i in range(n):
         wire = [uuid.uuid4().hex, tenant, feature, f"u{i}", model, 1, 2, None, 5, "success", None, now_us - i]
-        rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
+        rows.append((parse_wire_row(WIRE_FIELDS_V1, wire), dict(zip(WIRE_FIELDS_V1, wire, strict=False))))
     return rows
 
 

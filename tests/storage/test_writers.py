@@ -24,13 +24,14 @@ def test_copy_stores_awkward_strings_exactly_as_bulk_insert_does(engine: Engine)
         rows = []
         for i, value in enumerate(AWKWARD):
             wire = [uuid.uuid4().hex, tenant, "summarization", value, value if i % 2 else None,
-                    i, 1, None, 10, "error", value, now_us + i]  # fmt: skip
+                    i, 1, None, 10, "error", value, now_us + i, i // 2, 0, 1, value if i % 2 == 0 else None]  # fmt: skip
             rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
         with Session(engine) as session, session.begin():
             assert store_batch(session, rows, get_settings(), writer=writer).stored == len(AWKWARD)
         with engine.connect() as conn:
             stored[name] = conn.execute(
-                text("SELECT user_id, model, error_type, input_tokens, tokens_used FROM analytics_events"
+                text("SELECT user_id, model, error_type, input_tokens, tokens_used, cache_read_tokens,"
+                     " reasoning_tokens, provider FROM analytics_events"
                      " WHERE tenant_id = :t ORDER BY timestamp"), {"t": tenant}).all()  # fmt: skip
     assert [row.user_id for row in stored["copy"]] == AWKWARD
     assert stored["copy"] == stored["bulk"]
