@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +18,7 @@ from sqlalchemy import Connection
 from cli import engines
 from config import get_settings
 from monitoring.escape import escape
+from queries import cost
 from queries import rollups as q
 from storage.rollups import rebuild as rebuild_range
 from storage.rollups import run_until_idle
@@ -173,3 +175,38 @@ def active_users_command(tenant: str, start: datetime | None, end: datetime | No
     click.echo(f"{'day':<12}{'feature':<24}{'users':>8}")
     for r in rows:
         click.echo(f"{r.day.date().isoformat():<12}{escape(r.feature_name):<24}{r.users:>8,}")
+
+
+def _usd(amount: Decimal | None) -> str:
+    return "-" if amount is None else f"${amount:,.4f}"
+
+
+@rollups.command("cost")
+@with_range
+@click.option("--by", "group", type=click.Choice(cost.COST_GROUPS), default="feature", show_default=True)
+@click.option("--feature", default=None, help="One feature only.")
+@click.option("--model", default=None, help="One model only.")
+@click.option("--limit", type=int, default=q.DEFAULT_TOP_USERS, show_default=True, help="Users shown with --by user.")
+def cost_command(tenant: str, start: datetime | None, end: datetime | None, group: cost.CostGroup,
+                 feature: str | None, model: str | None, limit: int) -> None:  # fmt: skip
+    """Cost in USD per feature, model, hour, day or user (users ranked by cost), priced now from the rollups.
+
+    Amounts are rounded to 1/100 cent here (the API gives them exactly). Calls of models that nothing
+    prices are counted as unpriced beside the cost, never as $0; '~' marks an approximate figure."""
+    start, end = _range(start, end)
+    rows = _read(lambda conn: cost.cost_by(conn, tenant, start, end, group, feature=feature, model=model,
+                                           limit=limit))  # fmt: skip
+    click.echo(f"{group:<28}{'calls':>10}{'tokens':>14}{'cost':>16}{'per call':>12}{'unpriced calls':>16}")
+    unpriced: set[str] = set()
+    for r in rows:
+        key = r.key.isoformat() if isinstance(r.key, datetime) else escape(str(r.key))
+        mark = "~" if r.approximate else " "
+        click.echo(
+            f"{key:<28}{r.calls:>10,}{r.tokens_used:>14,}{_usd(r.cost_usd):>15}{mark}"
+            f"{_usd(r.cost_per_call_usd):>12}{r.unpriced_calls:>16,}"
+        )
+        unpriced.update(r.unpriced_models)
+    if unpriced:
+        names = ", ".join(escape(name or "(no model)") for name in sorted(unpriced))
+        click.echo(f"unpriced models (not in the catalog, no override): {names};"
+                   " price them with `analytics prices set MODEL ...`")  # fmt: skip

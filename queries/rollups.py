@@ -117,26 +117,26 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _floor(moment: datetime, unit: timedelta) -> datetime:
+def floor_to(moment: datetime, unit: timedelta) -> datetime:
     moment = _utc(moment)
     if unit == DAY:
         return moment.replace(hour=0, minute=0, second=0, microsecond=0)
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil(moment: datetime, unit: timedelta) -> datetime:
-    floored = _floor(moment, unit)
+def ceil_to(moment: datetime, unit: timedelta) -> datetime:
+    floored = floor_to(moment, unit)
     return floored if floored == _utc(moment) else floored + unit
 
 
 def hour_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The whole-hour range a query over [start, end) answers for."""
-    return _floor(start, HOUR), _ceil(end, HOUR)
+    return floor_to(start, HOUR), ceil_to(end, HOUR)
 
 
 def day_span(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The whole-day range a per-user query over [start, end) answers for."""
-    return _floor(start, DAY), _ceil(end, DAY)
+    return floor_to(start, DAY), ceil_to(end, DAY)
 
 
 def bucket_count(start: datetime, end: datetime, granularity: Granularity) -> int:
@@ -154,14 +154,14 @@ def day_count(start: datetime, end: datetime) -> int:
     return (d1 - d0) // DAY
 
 
-def _capped(rows: Sequence[Any], max_rows: int | None) -> Sequence[Any]:
+def capped(rows: Sequence[Any], max_rows: int | None) -> Sequence[Any]:
     """``rows`` read with ``LIMIT max_rows + 1``: refuse them if the extra row came."""
     if max_rows is not None and len(rows) > max_rows:
         raise TooManyRows(max_rows)
     return rows
 
 
-def _limit(max_rows: int | None) -> int | None:
+def limit_for(max_rows: int | None) -> int | None:
     """The LIMIT bound for ``max_rows`` (one more, to tell "exactly" from "more"); None is no limit."""
     return None if max_rows is None else max_rows + 1
 
@@ -288,7 +288,7 @@ class _Plan:
         base: tuple[str, ...] | None = None,
         tail: str = TAIL_PART,
     ) -> _Plan:
-        d0, d1 = _ceil(h0, DAY), _floor(h1, DAY)
+        d0, d1 = ceil_to(h0, DAY), floor_to(h1, DAY)
         if not days or d0 >= d1:
             d0 = d1 = h1  # no daily part: the first hourly part covers everything
         batch_ids = list(conn.execute(PENDING_IN_RANGE, {"h0": h0, "h1": h1}).scalars())
@@ -342,7 +342,7 @@ def feature_summary(
     h0, h1 = hour_span(start, end)
     plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
     sql = FIGURES_QUERY.format(cells=plan.union, key="feature_name", totals=TOTALS)
-    rows = _capped(conn.execute(text(sql), {**plan.params, "row_limit": _limit(max_rows)}).all(), max_rows)
+    rows = capped(conn.execute(text(sql), {**plan.params, "row_limit": limit_for(max_rows)}).all(), max_rows)
     return [FeatureSummary(feature_name=row.key, **_figures(row)) for row in rows]
 
 
@@ -400,8 +400,8 @@ def error_rate_by_feature(
     ``max_rows`` features raise TooManyRows."""
     h0, h1 = hour_span(start, end)
     plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=None)
-    params = {**plan.params, "row_limit": _limit(max_rows)}
-    rows = _capped(conn.execute(text(COUNTS_QUERY.format(cells=plan.union)), params).all(), max_rows)
+    params = {**plan.params, "row_limit": limit_for(max_rows)}
+    rows = capped(conn.execute(text(COUNTS_QUERY.format(cells=plan.union)), params).all(), max_rows)
     return [FeatureErrorRate(row.feature_name, row.calls, row.errors) for row in rows]
 
 
@@ -433,6 +433,6 @@ def active_users(
     than ``max_rows`` (day, feature) rows raise TooManyRows."""
     d0, d1 = day_span(start, end)
     plan = _Plan.make(conn, tenant, d0, d1, days=False, feature=feature, base=(USERS_PART,), tail=USERS_TAIL_PART)
-    params = {**plan.params, "row_limit": _limit(max_rows)}
-    rows = _capped(conn.execute(text(ACTIVE_USERS_QUERY.format(users=plan.union)), params).all(), max_rows)
+    params = {**plan.params, "row_limit": limit_for(max_rows)}
+    rows = capped(conn.execute(text(ACTIVE_USERS_QUERY.format(users=plan.union)), params).all(), max_rows)
     return [ActiveUsers(row.day, row.feature_name, row.users) for row in rows]

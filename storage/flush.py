@@ -18,20 +18,26 @@ and the tests. The contract:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
+from models.rollup import NO_PROVIDER
 from monitoring import metrics
+from pricing.rates import KNOWN, ensure_priced
 from schema.message import DecodedBatch
 from storage import dead_letters
 from storage.dead_letters import SOURCE_WORKER, Rejected, storable_text
 from storage.events import Row, store_batch
 from storage.partitions import PartitionPolicy
+
+logger = logging.getLogger(__name__)
 
 FAILURE_DETAIL_MAX_CHARS = 300  # of an error's first line, in a log line or a parked message's reason
 
@@ -132,7 +138,27 @@ def commit_flush(
     with session_factory.begin() as session:
         result = write_flush(session, flush, settings, policy=policy)
     _count_committed(result, messages)
+    _price_new_pairs(session_factory, flush.rows)
     return result
+
+
+def _price_new_pairs(session_factory: sessionmaker[Session], rows: list[Row]) -> None:
+    """Materialize the rates of (model, provider) pairs this process has not seen, after the batch is durable.
+
+    So a model's first events are priced while they are still in the rollups'
+    pending tail. Nothing about prices may fail a stored batch: an error here
+    is logged and the next rollup run, which registers its pairs too, retries.
+    A no-op (a set difference) once the process knows every pair of the batch.
+    """
+    pairs = {(m["model"], m.get("provider") or NO_PROVIDER) for m, _ in rows if m["model"]}
+    if not KNOWN.unknown(pairs):
+        return
+    try:
+        with session_factory.begin() as session:
+            ensure_priced(session, pairs)
+    except SQLAlchemyError:
+        logger.warning("could not materialize the rates of %d new model/provider pairs; the rollup run will",
+                       len(pairs), exc_info=True)  # fmt: skip
 
 
 def _count_committed(result: FlushResult, messages: int | None) -> None:

@@ -46,6 +46,7 @@ KINDS = (OWNER, WORKER, WEB)
 CREATE_MONTH_FUNCTION = "analytics_events_create_month(date)"
 
 ROLLUP_TABLES = ("rollup_hourly", "rollup_daily", "rollup_daily_users")
+PRICE_TABLES = ("cost_rates", "cost_rate_scopes")  # materialized rate schedules (pricing.rates)
 # What each role may do, table by table. The statements behind each line:
 TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     WORKER: {
@@ -60,6 +61,10 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "dead_letters": ("SELECT", "INSERT", "UPDATE"),
         # storage.tenant_names: a tenant's names counted against the caps, new ones added
         "tenant_names": ("SELECT", "INSERT"),
+        # pricing.rates: ensure_priced (rollup runs) and refresh (prices.refresh) rewrite the rate schedules
+        "price_overrides": ("SELECT",),
+        **{table: ("SELECT", "INSERT", "DELETE") for table in PRICE_TABLES},
+        "priced_models": ("SELECT", "INSERT"),
     },
     WEB: {
         # queries.rollups: rollups plus the raw rows of pending batches
@@ -70,6 +75,13 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "dead_letters": ("SELECT (id)",),
         # storage.api_keys.authenticate: the lookup, and the last-use bookkeeping
         "api_keys": ("SELECT", "UPDATE (last_used_at)"),
+        # pricing.overrides via the admin price API: a correction marks the old row superseded, and the
+        # schedules it affects are rewritten in the same transaction; queries.cost reads the schedules
+        "price_overrides": ("SELECT", "INSERT", "UPDATE (superseded_by, superseded_at)"),
+        **{table: ("SELECT", "INSERT", "DELETE") for table in PRICE_TABLES},
+        "priced_models": ("SELECT",),
+        # pricing.listing and the warning for a pattern matching no model seen
+        "tenant_names": ("SELECT",),
     },
 }
 FUNCTION_GRANTS: dict[str, tuple[str, ...]] = {WORKER: (CREATE_MONTH_FUNCTION,)}

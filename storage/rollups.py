@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, insert, text
@@ -64,6 +65,7 @@ from sqlalchemy.orm import Session
 from config import DEFAULTS
 from models import RollupPendingBatch
 from models.rollup import NO_MODEL, NO_PROVIDER
+from pricing.rates import ensure_priced
 from retry_policy import Backoff, call_with_retry
 from schema.bands import input_band_sql
 from storage.histogram import bucket_sql
@@ -260,6 +262,7 @@ TAKE_PENDING = text(
 )
 DROP_PENDING = text("DELETE FROM rollup_pending_batches WHERE batch_id = ANY(CAST(:batch_ids AS bigint[]))")
 SCRATCH_EVENTS = text("SELECT coalesce(sum(calls), 0) FROM rollup_scratch WHERE hour IS NOT NULL")
+SCRATCH_PAIRS = text("SELECT DISTINCT model, provider FROM rollup_scratch WHERE hour IS NOT NULL")
 CLEAR_SCRATCH = text("DELETE FROM rollup_scratch")
 
 
@@ -273,6 +276,7 @@ class ChunkResult:
     hourly_rows: int = 0
     daily_rows: int = 0
     user_rows: int = 0
+    pairs: frozenset[tuple[str, str]] = frozenset()  # (model, provider) of the rows added: pricing registers them
 
 
 @dataclass
@@ -324,7 +328,8 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
         for table, source in ROLLUP_LEVELS
     ]
     users = conn.execute(text(UPSERT_USERS)).rowcount
-    return ChunkResult(0, events, touched[0], touched[1], users)
+    pairs = frozenset((row.model, row.provider) for row in conn.execute(SCRATCH_PAIRS))
+    return ChunkResult(0, events, touched[0], touched[1], users, pairs)
 
 
 def run_chunk(conn: Connection, chunk_batches: int = DEFAULTS.rollup_chunk_batches) -> ChunkResult:
@@ -347,7 +352,7 @@ def run_chunk(conn: Connection, chunk_batches: int = DEFAULTS.rollup_chunk_batch
     }
     result = _aggregate(conn, CHUNK_ROWS, params)
     conn.execute(DROP_PENDING, {"batch_ids": ids})
-    return ChunkResult(len(ids), result.events, result.hourly_rows, result.daily_rows, result.user_rows)
+    return ChunkResult(len(ids), result.events, result.hourly_rows, result.daily_rows, result.user_rows, result.pairs)
 
 
 def _retrying(action: Callable[[], T]) -> T:
@@ -385,6 +390,7 @@ def run_until_idle(
         result: ChunkResult = _retrying(one_chunk)
         if result.batches == 0:
             break
+        _retrying(partial(_price, engine, result.pairs))
         report.chunks += 1
         report.batches += result.batches
         report.events += result.events
@@ -402,6 +408,17 @@ def run_until_idle(
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+def _price(engine: Engine, pairs: frozenset[tuple[str, str]]) -> None:
+    """Materialize the rates of (model, provider) pairs seen for the first time, once their rows are rolled up.
+
+    Its own transaction after the chunk's: the price lock it may take stays
+    out of the rollup transaction, and a pair is unpriced in the figures for
+    at most that moment (pricing.rates.ensure_priced, a no-op for known pairs).
+    """
+    with Session(engine) as session, session.begin():
+        ensure_priced(session, pairs)
 
 
 # --- rebuild ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from config import get_settings
 from monitoring.escape import install_log_escaping
 from producer import get_tracker
-from web import dashboard, docs, ingest, metrics, page, rate_limit
+from web import cost, dashboard, docs, ingest, metrics, page, prices, rate_limit
 from web.body_limit import BodyLimit
 from web.db import close_database, open_database, statement_timeout_handler
 from web.errors import single_valued_query
@@ -47,6 +47,10 @@ app.include_router(ingest.router)
 app.include_router(metrics.router)
 app.include_router(dashboard.router, dependencies=[Depends(rate_limit.read_rate_limit)],
                    responses=rate_limit.RATE_LIMITED)  # fmt: skip
+for read_router in (cost.router, cost.admin_router, prices.router):
+    app.include_router(
+        read_router, dependencies=[Depends(rate_limit.read_rate_limit)], responses=rate_limit.RATE_LIMITED
+    )
 app.include_router(page.router)
 app.include_router(docs.router)
 page.mount_static(app)

@@ -84,7 +84,7 @@ def _utc(name: str, moment: datetime) -> datetime:
     return utc
 
 
-def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+def request_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     given_start = _utc("start", start) if start is not None else None
     end = _utc("end", end) if end is not None else datetime.now(UTC)
     start = given_start if given_start is not None else max(end - DEFAULT_WINDOW, EARLIEST)
@@ -93,7 +93,7 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, date
     return start, end
 
 
-def _tenant(tenant_id: str) -> str:
+def path_tenant(tenant_id: str) -> str:
     if not 0 < len(tenant_id) <= MAX_TENANT_ID_LEN or NUL in tenant_id:
         message = f"tenant_id must be 1..{MAX_TENANT_ID_LEN} characters, without NUL"
         raise invalid("path", "tenant_id", message, tenant_id)
@@ -104,14 +104,14 @@ def _count(number: int, unit: str) -> str:
     return f"{number:,} {unit}" if number == 1 else f"{number:,} {unit}s"
 
 
-def _max_points() -> int:
+def max_points() -> int:
     return get_settings().api_max_points
 
 
-def _within_points(name: str, value: Any, rows: int, row_unit: str, series: int, series_unit: str,
+def within_points(name: str, value: Any, rows: int, row_unit: str, series: int, series_unit: str,
                    advice: str) -> None:  # fmt: skip
     """Refuse (422 naming ``name``) a request whose answer would hold more than API_MAX_POINTS points."""
-    points, limit = rows * series, _max_points()
+    points, limit = rows * series, max_points()
     if points > limit:
         raise invalid(
             "query", name,
@@ -120,9 +120,9 @@ def _within_points(name: str, value: Any, rows: int, row_unit: str, series: int,
         )  # fmt: skip
 
 
-def _too_many_rows(name: str, value: Any, what: str, advice: str) -> Exception:
+def too_many_rows(name: str, value: Any, what: str, advice: str) -> Exception:
     """The 422 for an answer found, while reading it, to hold more than API_MAX_POINTS points."""
-    limit = _max_points()
+    limit = max_points()
     return invalid(
         "query", name,
         f"would return more than {limit:,} points ({what}); the limit is {MAX_POINTS_SETTING} = {limit:,}; {advice}",
@@ -130,7 +130,7 @@ def _too_many_rows(name: str, value: Any, what: str, advice: str) -> Exception:
     )  # fmt: skip
 
 
-def _series_advice(granularity: q.Granularity) -> str:
+def series_advice(granularity: q.Granularity) -> str:
     return "narrow the range or use granularity=day" if granularity == "hour" else "narrow the range"
 
 
@@ -147,12 +147,12 @@ ReadEngine = Annotated[Engine, Depends(web_engine)]
 def summary(
     tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None
 ) -> dict[str, Any]:
-    start, end = _range(start, end)
+    start, end = request_range(start, end)
     try:
         with q.snapshot(db) as conn:
-            rows = q.feature_summary(conn, _tenant(tenant_id), start, end, max_rows=_max_points())
+            rows = q.feature_summary(conn, path_tenant(tenant_id), start, end, max_rows=max_points())
     except q.TooManyRows:
-        raise _too_many_rows("end", end.isoformat(), "one per feature", "narrow the range") from None
+        raise too_many_rows("end", end.isoformat(), "one per feature", "narrow the range") from None
     h0, h1 = q.hour_span(start, end)
     return {"start": h0, "end": h1, "features": [_figures(r) for r in rows]}
 
@@ -167,11 +167,11 @@ def series(
     feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
     """All features together (or ``feature`` alone): one point per hour or day with events."""
-    start, end = _range(start, end)
+    start, end = request_range(start, end)
     buckets = q.bucket_count(start, end, granularity)
-    _within_points("end", end.isoformat(), buckets, granularity, 1, "series", _series_advice(granularity))
+    within_points("end", end.isoformat(), buckets, granularity, 1, "series", series_advice(granularity))
     with q.snapshot(db) as conn:
-        points = q.time_series(conn, _tenant(tenant_id), start, end, granularity, feature)
+        points = q.time_series(conn, path_tenant(tenant_id), start, end, granularity, feature)
     h0, h1 = q.hour_span(start, end)
     return {"start": h0, "end": h1, "granularity": granularity, "points": [_figures(p) for p in points]}
 
@@ -187,11 +187,11 @@ def feature_series(
 ) -> dict[str, Any]:
     """The series of each of the ``top`` features with the most calls in the range, in one answer
     (what the dashboard page charts); ``features_with_calls`` says how many there were in all."""
-    start, end = _range(start, end)
+    start, end = request_range(start, end)
     buckets = q.bucket_count(start, end, granularity)
-    advice = _series_advice(granularity) + " or ask for fewer (top)"
-    _within_points("top", top, buckets, granularity, top, "feature", advice)
-    tenant = _tenant(tenant_id)
+    advice = series_advice(granularity) + " or ask for fewer (top)"
+    within_points("top", top, buckets, granularity, top, "feature", advice)
+    tenant = path_tenant(tenant_id)
     with q.snapshot(db) as conn:
         ranked = q.top_features(conn, tenant, start, end, top)
         by_feature = q.feature_series(conn, tenant, start, end, granularity, ranked.names)
@@ -213,10 +213,10 @@ def top_users(
     limit: int = Query(q.DEFAULT_TOP_USERS, ge=1, le=MAX_TOP_USERS),
     feature: str | None = FeatureParam,
 ) -> dict[str, Any]:
-    start, end = _range(start, end)
-    _within_points("limit", limit, limit, "user", 1, "series", "ask for fewer users (limit)")
+    start, end = request_range(start, end)
+    within_points("limit", limit, limit, "user", 1, "series", "ask for fewer users (limit)")
     with q.snapshot(db) as conn:
-        users = q.top_users(conn, _tenant(tenant_id), start, end, limit, feature)
+        users = q.top_users(conn, path_tenant(tenant_id), start, end, limit, feature)
     d0, d1 = q.day_span(start, end)
     return {"start": d0, "end": d1, "users": [asdict(u) for u in users]}
 
@@ -225,12 +225,12 @@ def top_users(
 def error_rates(
     tenant_id: str, db: ReadEngine, start: IsoDateTime | None = None, end: IsoDateTime | None = None
 ) -> dict[str, Any]:
-    start, end = _range(start, end)
+    start, end = request_range(start, end)
     try:
         with q.snapshot(db) as conn:
-            rates = q.error_rate_by_feature(conn, _tenant(tenant_id), start, end, max_rows=_max_points())
+            rates = q.error_rate_by_feature(conn, path_tenant(tenant_id), start, end, max_rows=max_points())
     except q.TooManyRows:
-        raise _too_many_rows("end", end.isoformat(), "one per feature", "narrow the range") from None
+        raise too_many_rows("end", end.isoformat(), "one per feature", "narrow the range") from None
     h0, h1 = q.hour_span(start, end)
     return {"start": h0, "end": h1, "features": [{**asdict(r), "error_rate": r.error_rate} for r in rates]}
 
@@ -245,12 +245,12 @@ def active_users(
 ) -> dict[str, Any]:
     """One row per UTC day and feature: ``feature`` given, the day count fixes the size; without
     it the features are only known while reading, so the answer is read up to API_MAX_POINTS."""
-    start, end = _range(start, end)
-    _within_points("end", end.isoformat(), q.day_count(start, end), "day", 1, "feature", "narrow the range")
+    start, end = request_range(start, end)
+    within_points("end", end.isoformat(), q.day_count(start, end), "day", 1, "feature", "narrow the range")
     try:
         with q.snapshot(db) as conn:
-            rows = q.active_users(conn, _tenant(tenant_id), start, end, feature, max_rows=_max_points())
+            rows = q.active_users(conn, path_tenant(tenant_id), start, end, feature, max_rows=max_points())
     except q.TooManyRows:
-        raise _too_many_rows("feature", feature, "days x features", "pass feature= or narrow the range") from None
+        raise too_many_rows("feature", feature, "days x features", "pass feature= or narrow the range") from None
     d0, d1 = q.day_span(start, end)
     return {"start": d0, "end": d1, "days": [asdict(r) for r in rows]}

@@ -157,8 +157,9 @@ OVERRIDE_BODY = {
 }
 
 
+# Its own path: Starlette answers a wrong method with the Allow header of the first route of the path only.
 @router.post(
-    "",
+    "/overrides",
     status_code=201,
     response_model=SetOut,
     responses={409: {"model": ErrorDetail, "description": "An active override has the same scope and date"}},

@@ -31,18 +31,18 @@ def body(model: str, **fields: object) -> dict[str, object]:
 
 def test_tenant_keys_are_refused(client: TestClient, keys: dict[str, str]) -> None:
     assert client.get("/api/admin/prices", headers=auth(keys["tenant"])).status_code == 403
-    assert client.post("/api/admin/prices", json=body("x"), headers=auth(keys["tenant"])).status_code == 403
+    assert client.post("/api/admin/prices/overrides", json=body("x"), headers=auth(keys["tenant"])).status_code == 403
 
 
 def test_create_conflict_replace_and_history(client: TestClient, keys: dict[str, str]) -> None:
     model = f"api-model-{uuid.uuid4().hex[:8]}"
-    created = client.post("/api/admin/prices", json=body(model), headers=auth(keys["admin"]))
+    created = client.post("/api/admin/prices/overrides", json=body(model), headers=auth(keys["admin"]))
     assert created.status_code == 201, created.text
     assert created.json()["warnings"], "no model of that name was seen"
-    again = client.post("/api/admin/prices", json=body(model, input_per_mtok="2"), headers=auth(keys["admin"]))
+    again = client.post("/api/admin/prices/overrides", json=body(model, input_per_mtok="2"), headers=auth(keys["admin"]))
     assert again.status_code == 409
     fixed = client.post(
-        "/api/admin/prices", json=body(model, input_per_mtok="2", replace=True), headers=auth(keys["admin"])
+        "/api/admin/prices/overrides", json=body(model, input_per_mtok="2", replace=True), headers=auth(keys["admin"])
     )
     assert fixed.status_code == 201 and fixed.json()["superseded_id"] == created.json()["id"]
     rows = client.get("/api/admin/prices/history", params={"model": model}, headers=auth(keys["admin"])).json()
@@ -58,7 +58,7 @@ def test_create_conflict_replace_and_history(client: TestClient, keys: dict[str,
 def test_bad_input_is_422_naming_the_field(
     client: TestClient, keys: dict[str, str], fields: dict[str, str], field: str
 ) -> None:
-    answer = client.post("/api/admin/prices", json=body("gpt-4o", **fields), headers=auth(keys["admin"]))
+    answer = client.post("/api/admin/prices/overrides", json=body("gpt-4o", **fields), headers=auth(keys["admin"]))
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"] == ["body", field]
 
