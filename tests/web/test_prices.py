@@ -39,7 +39,9 @@ def test_create_conflict_replace_and_history(client: TestClient, keys: dict[str,
     created = client.post("/api/admin/prices/overrides", json=body(model), headers=auth(keys["admin"]))
     assert created.status_code == 201, created.text
     assert created.json()["warnings"], "no model of that name was seen"
-    again = client.post("/api/admin/prices/overrides", json=body(model, input_per_mtok="2"), headers=auth(keys["admin"]))
+    again = client.post(
+        "/api/admin/prices/overrides", json=body(model, input_per_mtok="2"), headers=auth(keys["admin"])
+    )
     assert again.status_code == 409
     fixed = client.post(
         "/api/admin/prices/overrides", json=body(model, input_per_mtok="2", replace=True), headers=auth(keys["admin"])
