@@ -78,8 +78,11 @@ async def ai_feature(feature_name: str, request: FeatureRequest) -> dict[str, An
         feature_name=feature_name,
         user_id=request.user_id,
         model=result.model,
+        provider=result.provider,
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
+        cache_read_tokens=result.cache_read_tokens,
+        reasoning_tokens=result.reasoning_tokens,
         latency_ms=(time.perf_counter() - started) * 1000,
     )
     return {
