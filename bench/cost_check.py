@@ -69,9 +69,14 @@ def override_in_force(overrides: Iterable[PlannedOverride], tenant: str, model: 
     return max(chosen, key=lambda o: o.effective_from) if chosen else None
 
 
-def price_events(conn: Connection, tenant: str, start: datetime, end: datetime,
-                 overrides: list[PlannedOverride]) -> EventTotals:  # fmt: skip
-    """Every event of the tenant in ``[start, end)`` priced on its own."""
+def price_events(conn: Connection, tenant: str, start: datetime, end: datetime, overrides: list[PlannedOverride],
+                 *, at_hour_start: bool = False) -> EventTotals:  # fmt: skip
+    """Every event of the tenant in ``[start, end)`` priced on its own.
+
+    ``at_hour_start`` prices each event as if made at the start of its UTC hour,
+    the rollups' finest grain: what the API can at best reproduce where a price
+    changes inside an hour (time-of-day prices starting at half past).
+    """
     totals = EventTotals()
     result = conn.execution_options(stream_results=True, max_row_buffer=FETCH_ROWS).execute(
         text(EVENTS_SQL), {"tenant": tenant, "start": start, "end": end}
@@ -84,7 +89,8 @@ def price_events(conn: Connection, tenant: str, start: datetime, end: datetime,
             "cache_write_tokens": row.cache_write_tokens, "output_tokens": row.output_tokens,
             "reasoning_tokens": row.reasoning_tokens,
         }  # fmt: skip
-        override = override_in_force(overrides, tenant, row.model, row.provider, row.timestamp.date())
+        moment = row.timestamp.replace(minute=0, second=0, microsecond=0) if at_hour_start else row.timestamp
+        override = override_in_force(overrides, tenant, row.model, row.provider, moment.date())
         if override is not None:
             model_totals.cost_usd += override.cost(**tokens)
             continue
@@ -92,9 +98,7 @@ def price_events(conn: Connection, tenant: str, start: datetime, end: datetime,
                       cache_write_tokens=row.cache_write_tokens, output_tokens=row.output_tokens,
                       output_reasoning_tokens=row.reasoning_tokens)  # fmt: skip
         try:
-            price = calc_price(
-                usage, row.model, provider_id=row.provider or None, genai_request_timestamp=row.timestamp
-            )
+            price = calc_price(usage, row.model, provider_id=row.provider or None, genai_request_timestamp=moment)
         except LookupError:  # neither the provider nor the model is in the catalog: unpriced
             model_totals.unpriced_calls += 1
             continue

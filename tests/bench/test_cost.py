@@ -63,6 +63,14 @@ def test_each_figure_against_its_target_in_the_bench_and_in_the_suite(
     ]  # fmt: skip
 
 
+def test_the_hour_grain_mismatch_is_a_reference_beside_the_four_targets() -> None:
+    line = result_line(1.0, 1.0, 0.1, Decimal("0.002"), Decimal(0))
+    assert parse_result(line)["cost_mismatch_hour_grain_usd"] == 0.0
+    rows = {fig.name: fig.ok for fig in figure_rows(parse_result(line))}
+    assert rows == {"cost_summary_ms": True, "tenants_cost_ms": True, "reprice_visible_s": True,
+                    "cost_mismatch_usd": False, "cost_mismatch_hour_grain_usd": None}  # fmt: skip
+
+
 def test_the_checked_month_is_the_whole_calendar_month_before_now() -> None:
     assert last_whole_month(datetime(2026, 12, 2, 15, 4, tzinfo=UTC)) == (
         datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC),
