@@ -219,6 +219,25 @@ class Settings(BaseSettings):
     # --- web ----------------------------------------------------------------
     http_max_batch_events: int = Field(1000, ge=1, description="Most events one POST /v1/events may carry.")
     http_max_body_bytes: int = Field(5_000_000, ge=1, description="Largest request body POST /v1/events reads.")
+    otlp_max_spans: int = Field(
+        10_000,
+        ge=1,
+        description="Most spans one POST /v1/traces may carry; a larger request is answered 413 before any is mapped.",
+    )
+    otlp_feature_attributes: str = Field(
+        "app.feature,gen_ai.agent.name",
+        description="Span attributes naming the feature of a span sent to POST /v1/traces, comma-separated, "
+        "looked up on the span, then on its resource; none present: the span's name.",
+    )
+    otlp_user_attributes: str = Field(
+        "user.id,enduser.id",
+        description="Span attributes naming the user of a span sent to POST /v1/traces, comma-separated, "
+        "looked up on the span, then on its resource; none present: OTLP_DEFAULT_USER.",
+    )
+    otlp_default_user: str = Field(
+        "unknown",
+        description="user_id of a span with none of OTLP_USER_ATTRIBUTES; empty: such spans are rejected.",
+    )
     api_statement_timeout_ms: int = Field(
         5000,
         ge=1,

@@ -64,3 +64,17 @@ def message_parked() -> None:
 
 def producer_spool_full() -> None:
     PRODUCER_SPOOL_FULL.inc()
+
+
+OTLP_SPANS = Counter(
+    "analytics_otlp_spans",
+    "Spans received by POST /v1/traces, by result: accepted (tracked as events), rejected (a model call that "
+    "failed validation, counted in the answer's partial_success) or skipped (not a model call).",
+    ["result"],
+)
+
+
+def otlp_spans(accepted: int, rejected: int, skipped: int) -> None:
+    OTLP_SPANS.labels("accepted").inc(accepted)
+    OTLP_SPANS.labels("rejected").inc(rejected)
+    OTLP_SPANS.labels("skipped").inc(skipped)
