@@ -41,6 +41,7 @@ def wire_rows(tenant: str, n: int, *, timestamp: datetime | None = None, **overr
             "cache_write_tokens": 0,
             "reasoning_tokens": 0,
             "provider": None,
+            "time_to_first_token_ms": None,
             **overrides,
         }
         rows.append([values[name] for name in WIRE_FIELDS])

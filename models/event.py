@@ -50,6 +50,8 @@ class AnalyticsEvent(Base):
     reasoning_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     provider: Mapped[str | None] = mapped_column(String(MAX_PROVIDER_LEN))
     latency_ms: Mapped[int] = mapped_column(Integer)
+    # Part of latency_ms: the wait for a streamed answer's first token; NULL when the call did not stream.
+    time_to_first_token_ms: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     error_type: Mapped[str | None] = mapped_column(String(MAX_ERROR_TYPE_LEN))
     # The rollup_pending_batches row written in the same transaction (see
@@ -66,6 +68,9 @@ class AnalyticsEvent(Base):
             " AND cache_read_tokens + cache_write_tokens <= input_tokens"
             " AND reasoning_tokens <= output_tokens",
             name="counts_valid",
+        ),
+        CheckConstraint(
+            "time_to_first_token_ms >= 0 AND time_to_first_token_ms <= latency_ms", name="time_to_first_token_valid"
         ),
         Index(None, "tenant_id", "feature_name", "timestamp"),
         Index(None, "timestamp", "status"),

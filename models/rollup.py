@@ -8,7 +8,9 @@ by its own input size, so sums are kept per band for pricing to be exact.
 
 The latency histogram is sparse: two parallel arrays, the indexes of the
 non-empty log-spaced buckets in ascending order and their counts (see
-storage.histogram for the bucket scheme and its relative error).
+storage.histogram for the bucket scheme and its relative error). The time to
+first token of streamed calls has one of its own, in the same buckets; a cell
+without streamed calls has empty arrays and no TTFT min/max.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ class _Figures:
     latency_max: Mapped[int] = mapped_column(Integer)
     latency_hist_buckets: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger))
     latency_hist_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    # Time to first token of the streamed calls (events with one): their count, sum, min/max
+    # (NULL while there is none) and histogram, kept like latency's.
+    streamed_calls: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ttft_sum: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ttft_min: Mapped[int | None] = mapped_column(Integer)
+    ttft_max: Mapped[int | None] = mapped_column(Integer)
+    ttft_hist_buckets: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger), server_default="{}")
+    ttft_hist_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer), server_default="{}")
 
 
 # Key order (tenant, time, ...): every read is one tenant over a time range.

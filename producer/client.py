@@ -62,6 +62,7 @@ from schema.event import (
     check_latency,
     check_status,
     check_str,
+    check_time_to_first_token,
     check_timestamp,
     check_token_buckets,
     check_tokens_used,
@@ -178,6 +179,7 @@ class Tracker:
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
         provider: str | None = None,
+        time_to_first_token_ms: int | float | None = None,
     ) -> bool:
         """Record one AI call. Returns False if the full buffer refused it.
 
@@ -185,12 +187,16 @@ class Tracker:
         includes ``cache_read_tokens`` and ``cache_write_tokens``;
         ``output_tokens`` includes ``reasoning_tokens``. ``provider`` names the
         API's provider ("openai", "anthropic", ...; gen_ai.provider.name).
+        ``time_to_first_token_ms`` is how long a streamed call waited for its
+        first token (rounded like ``latency_ms``, at most ``latency_ms``); None
+        for a call that did not stream.
         """
         input_tokens = check_count("input_tokens", input_tokens)
         output_tokens = check_count("output_tokens", output_tokens)
         cache_read, cache_write, reasoning = check_token_buckets(
             input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
         )
+        latency = check_latency(latency_ms)
         row = [
             _event_id_hex(event_id),
             check_str("tenant_id", tenant_id, MAX_TENANT_ID_LEN),
@@ -200,7 +206,7 @@ class Tracker:
             input_tokens,
             output_tokens,
             check_tokens_used(tokens_used, input_tokens, output_tokens),
-            check_latency(latency_ms),
+            latency,
             check_status(status),
             check_str("error_type", error_type, MAX_ERROR_TYPE_LEN, optional=True),
             (
@@ -217,6 +223,7 @@ class Tracker:
             cache_write,
             reasoning,
             None if provider is None else check_str("provider", provider, MAX_PROVIDER_LEN, optional=True),
+            None if time_to_first_token_ms is None else check_time_to_first_token(time_to_first_token_ms, latency),
         ]
         if self._thread is None or self._pid != os.getpid():
             self.start()

@@ -15,7 +15,9 @@ commit. Ranges are whole hours, the rollups' resolution: ``start`` is floored
 and ``end`` ceiled to the hour (``hour_span``); per-user figures (top users,
 active users) are kept per day, so those ranges are whole UTC days
 (``day_span``). Latency percentiles come from the merged histograms, within
-storage.histogram.RELATIVE_ERROR of PostgreSQL's ``percentile_disc``.
+storage.histogram.RELATIVE_ERROR of PostgreSQL's ``percentile_disc``; so do
+the time-to-first-token percentiles, over the streamed calls only (those with a
+time to first token; None when a group has none).
 
 The tenant is always a bound parameter; the SQL text is fixed, only chosen
 among constant fragments.
@@ -66,6 +68,12 @@ class Figures:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
+    # Over the streamed calls (those with a time to first token); None when there are none.
+    streamed_calls: int
+    ttft_avg_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    ttft_p99_ms: float | None
 
     @property
     def error_rate(self) -> float:
@@ -182,7 +190,8 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
 
 FIGURE_COLUMNS = (
     "calls, errors, input_tokens, output_tokens, tokens_used,"
-    " latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts"
+    " latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts,"
+    " streamed_calls, ttft_sum, ttft_min, ttft_max, ttft_hist_buckets, ttft_hist_counts"
 )
 FEATURE_FILTER = "(CAST(:feature AS text) IS NULL OR feature_name = :feature)"
 DAILY_PART = f"""
@@ -194,7 +203,8 @@ WHERE tenant_id = :tenant AND bucket >= :h0 AND bucket < :d0 AND {FEATURE_FILTER
 UNION ALL
 SELECT feature_name, bucket, {FIGURE_COLUMNS} FROM rollup_hourly
 WHERE tenant_id = :tenant AND bucket >= :d1 AND bucket < :h1 AND {FEATURE_FILTER}"""
-# The rows of pending batches, shaped like rollup rows of one event each.
+# The rows of pending batches, shaped like rollup rows of one event each (an
+# unstreamed call: no streamed call, an empty TTFT histogram).
 PENDING_ROWS = (
     "e.tenant_id = :tenant AND e.timestamp >= :h0 AND e.timestamp < :h1"
     " AND e.batch_id BETWEEN :first_batch AND :last_batch AND e.batch_id + 0 = ANY(CAST(:batch_ids AS bigint[]))"
@@ -204,14 +214,21 @@ TAIL_PART = f"""
 SELECT e.feature_name, date_trunc('hour', e.timestamp, 'UTC'),
        1, (e.status = 'error')::int, e.input_tokens, e.output_tokens, e.tokens_used,
        e.latency_ms, e.latency_ms, e.latency_ms,
-       ARRAY[{bucket_sql("e.latency_ms")}], ARRAY[1]
+       ARRAY[{bucket_sql("e.latency_ms")}], ARRAY[1],
+       (e.time_to_first_token_ms IS NOT NULL)::int, coalesce(e.time_to_first_token_ms, 0),
+       e.time_to_first_token_ms, e.time_to_first_token_ms,
+       CASE WHEN e.time_to_first_token_ms IS NULL THEN CAST('{{}}' AS smallint[])
+            ELSE ARRAY[{bucket_sql("e.time_to_first_token_ms")}] END,
+       CASE WHEN e.time_to_first_token_ms IS NULL THEN CAST('{{}}' AS integer[]) ELSE ARRAY[1] END
 FROM analytics_events e WHERE {PENDING_ROWS}"""
 
 TOTALS = """
 sum(calls)::bigint AS calls, sum(errors)::bigint AS errors,
 sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
 sum(tokens_used)::bigint AS tokens_used, sum(latency_sum)::bigint AS latency_sum,
-min(latency_min) AS latency_min, max(latency_max) AS latency_max"""
+min(latency_min) AS latency_min, max(latency_max) AS latency_max,
+sum(streamed_calls)::bigint AS streamed_calls, sum(ttft_sum)::bigint AS ttft_sum,
+min(ttft_min) AS ttft_min, max(ttft_max) AS ttft_max"""
 
 # {key} is "feature_name" or a date_trunc of "bucket": constants below.
 # The histograms are merged by one GROUP BY over every (key, bucket, count) of
@@ -219,7 +236,9 @@ min(latency_min) AS latency_min, max(latency_max) AS latency_max"""
 # both arrays have the same length) rather than in FROM: a FROM-clause unnest
 # of two arrays is a Function Scan that first copies each row's elements into
 # a tuplestore, which made the merge twice as slow (30-day summary of one
-# tenant, ~1,500 cells and ~90k elements: ~50 ms -> ~25 ms).
+# tenant, ~1,500 cells and ~90k elements: ~50 ms -> ~25 ms). The TTFT
+# histograms are merged the same way, from the cells with streamed calls only
+# (a key without any has no ttft_hists row: NULL arrays, an empty histogram).
 FIGURES_QUERY = """
 WITH cells AS MATERIALIZED ({cells}),
 totals AS (SELECT {key} AS key, {totals} FROM cells GROUP BY 1),
@@ -232,9 +251,18 @@ per_bucket AS (
 hists AS (
     SELECT key, array_agg(latency_bucket ORDER BY latency_bucket) AS hist_buckets,
            array_agg(n ORDER BY latency_bucket) AS hist_counts
-    FROM per_bucket GROUP BY key)
-SELECT totals.*, hists.hist_buckets, hists.hist_counts
-FROM totals JOIN hists USING (key)
+    FROM per_bucket GROUP BY key),
+ttft_per_bucket AS (
+    SELECT key, ttft_bucket, sum(n)::bigint AS n
+    FROM (SELECT {key} AS key, unnest(ttft_hist_buckets) AS ttft_bucket, unnest(ttft_hist_counts) AS n
+          FROM cells WHERE streamed_calls > 0) AS h
+    GROUP BY 1, 2),
+ttft_hists AS (
+    SELECT key, array_agg(ttft_bucket ORDER BY ttft_bucket) AS ttft_buckets,
+           array_agg(n ORDER BY ttft_bucket) AS ttft_counts
+    FROM ttft_per_bucket GROUP BY key)
+SELECT totals.*, hists.hist_buckets, hists.hist_counts, ttft_hists.ttft_buckets, ttft_hists.ttft_counts
+FROM totals JOIN hists USING (key) LEFT JOIN ttft_hists USING (key)
 ORDER BY key
 LIMIT :row_limit"""
 COUNTS_QUERY = """
@@ -315,6 +343,7 @@ class _Plan:
 
 def _figures(row: Any) -> dict[str, Any]:
     hist = LatencyHistogram.of(row.hist_buckets, row.hist_counts)
+    ttft = LatencyHistogram.of(row.ttft_buckets, row.ttft_counts)
     return {
         "calls": row.calls,
         "errors": row.errors,
@@ -327,6 +356,11 @@ def _figures(row: Any) -> dict[str, Any]:
         "latency_p50_ms": hist.quantile(0.5, row.latency_min, row.latency_max),
         "latency_p95_ms": hist.quantile(0.95, row.latency_min, row.latency_max),
         "latency_p99_ms": hist.quantile(0.99, row.latency_min, row.latency_max),
+        "streamed_calls": row.streamed_calls,
+        "ttft_avg_ms": row.ttft_sum / row.streamed_calls if row.streamed_calls else None,
+        "ttft_p50_ms": ttft.quantile(0.5, row.ttft_min, row.ttft_max),
+        "ttft_p95_ms": ttft.quantile(0.95, row.ttft_min, row.ttft_max),
+        "ttft_p99_ms": ttft.quantile(0.99, row.ttft_min, row.ttft_max),
     }
 
 
@@ -336,7 +370,7 @@ def _figures(row: Any) -> dict[str, Any]:
 def feature_summary(
     conn: Connection, tenant: str, start: datetime, end: datetime, *, max_rows: int | None = None
 ) -> list[FeatureSummary]:
-    """Per feature over ``hour_span(start, end)``: calls, errors, tokens, latency avg/p50/p95/p99.
+    """Per feature over ``hour_span(start, end)``: calls, errors, tokens, latency and TTFT avg/p50/p95/p99.
 
     More than ``max_rows`` features raise TooManyRows (the rows are never all read)."""
     h0, h1 = hour_span(start, end)

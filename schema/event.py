@@ -12,14 +12,19 @@ Rows are positional lists (half the bytes of dicts); ``fields`` makes each
 message self-describing. ``timestamp_us`` is microseconds since the Unix epoch,
 UTC, which is exact and cheap to encode.
 
-Versions: 2 added the token buckets and the provider (``WIRE_FIELDS_V1`` plus
-``ADDED_IN_V2``). Workers decode both (``FIELDS_BY_VERSION``), so producers can be
-upgraded while version-1 messages are still queued: a version-1 row has no
-cache or reasoning tokens and no provider (0, 0, 0, NULL).
+Versions: 2 added the token buckets, the provider and the time to first token
+(``WIRE_FIELDS_V1`` plus ``ADDED_IN_V2``). Workers decode both
+(``FIELDS_BY_VERSION``), so producers can be upgraded while version-1 messages
+are still queued: a version-1 row has no cache or reasoning tokens, no
+provider and no time to first token (0, 0, 0, NULL, NULL).
 
 Token buckets follow the OpenTelemetry GenAI conventions: ``input_tokens``
 counts every input token, cache reads and cache writes included, and
 ``reasoning_tokens`` are part of ``output_tokens``.
+
+``time_to_first_token_ms`` is the wait before a streamed answer's first token,
+part of ``latency_ms`` (so never more than it); NULL for a call that did not
+stream, which is what tells the two apart (a streamed call can take 0 ms).
 """
 
 from __future__ import annotations
@@ -47,10 +52,16 @@ WIRE_FIELDS_V1: Final = (
     "error_type",
     "timestamp_us",
 )
-ADDED_IN_V2: Final = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider")
+ADDED_IN_V2: Final = (
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "provider",
+    "time_to_first_token_ms",
+)
 WIRE_FIELDS: Final = (*WIRE_FIELDS_V1, *ADDED_IN_V2)
 # A version-1 row's values of the fields added in version 2, in ADDED_IN_V2 order.
-V1_DEFAULTS: Final = (0, 0, 0, None)
+V1_DEFAULTS: Final = (0, 0, 0, None, None)
 FIELDS_BY_VERSION: Final = {1: WIRE_FIELDS_V1, 2: WIRE_FIELDS}
 
 MAX_TENANT_ID_LEN: Final = 64
@@ -101,15 +112,41 @@ def check_count(field: str, value: object) -> int:
     return value
 
 
-def check_latency(value: object) -> int:
-    """Latency in whole milliseconds; floats (e.g. from perf_counter) are rounded."""
+def check_milliseconds(field: str, value: object) -> int:
+    """A duration in whole milliseconds; floats (e.g. from perf_counter) are rounded."""
     if type(value) is float:
         if not math.isfinite(value):
-            raise InvalidEvent(f"latency_ms must be a finite number, got {value}")
+            raise InvalidEvent(f"{field} must be a finite number, got {value}")
         value = round(value)
     elif type(value) is not int:
-        raise TypeError(f"latency_ms must be a number, got {type(value).__name__}")
-    return check_count("latency_ms", value)
+        raise TypeError(f"{field} must be a number, got {type(value).__name__}")
+    return check_count(field, value)
+
+
+def check_latency(value: object) -> int:
+    """Latency in whole milliseconds; floats (e.g. from perf_counter) are rounded."""
+    return check_milliseconds("latency_ms", value)
+
+
+def check_time_to_first_token(value: object, latency_ms: int) -> int | None:
+    """The time to first token in whole ms (None: the call did not stream), at most ``latency_ms``.
+
+    ``latency_ms`` is the checked (rounded) latency. Rounding half to even is
+    monotonic, so a time to first token that is at most the raw latency is at
+    most the rounded latency too: the comparison refuses only a value that
+    really was longer than the call.
+    """
+    if value is None:
+        return None
+    # The common case first (track() is on the caller's request path): within [0, latency_ms],
+    # which is a checked count, means finite and within MAX_INT32 too.
+    kind = type(value)
+    if (kind is int or kind is float) and 0 <= value <= latency_ms:  # type: ignore[operator]
+        return value if kind is int else round(value)  # type: ignore[return-value,call-overload]
+    ttft = check_milliseconds("time_to_first_token_ms", value)
+    if ttft > latency_ms:
+        raise InvalidEvent(f"time_to_first_token_ms ({ttft}) is more than latency_ms ({latency_ms}), which includes it")
+    return ttft
 
 
 def check_status(value: object) -> str:
@@ -300,6 +337,7 @@ def _parse_wire_values(row: object, width: int, pick: Callable[[Any], tuple[Any,
         cache_write_tokens,
         reasoning_tokens,
         provider,
+        time_to_first_token_ms,
     ) = pick(row)
     try:
         event_id = uuid.UUID(hex=event_id_hex)
@@ -316,6 +354,7 @@ def _parse_wire_values(row: object, width: int, pick: Callable[[Any], tuple[Any,
         timestamp = us_to_timestamp(ts_us)
     except OverflowError:
         raise InvalidEvent(f"timestamp_us {ts_us} is out of range") from None
+    latency = check_latency(latency_ms)
     return {
         "event_id": event_id,
         "tenant_id": check_str("tenant_id", tenant_id, MAX_TENANT_ID_LEN),
@@ -325,7 +364,7 @@ def _parse_wire_values(row: object, width: int, pick: Callable[[Any], tuple[Any,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "tokens_used": check_tokens_used(tokens_used, input_tokens, output_tokens),
-        "latency_ms": check_latency(latency_ms),
+        "latency_ms": latency,
         "status": check_status(status),
         "error_type": check_str("error_type", error_type, MAX_ERROR_TYPE_LEN, optional=True),
         "timestamp": timestamp,
@@ -333,4 +372,5 @@ def _parse_wire_values(row: object, width: int, pick: Callable[[Any], tuple[Any,
         "cache_write_tokens": cache_write,
         "reasoning_tokens": reasoning,
         "provider": check_str("provider", provider, MAX_PROVIDER_LEN, optional=True),
+        "time_to_first_token_ms": check_time_to_first_token(time_to_first_token_ms, latency),
     }

@@ -1,5 +1,8 @@
 """Mergeable latency histogram with a stated relative error (DDSketch's bucket scheme).
 
+The rollups keep two of them per cell, in the same buckets: latency, and the
+time to first token of the streamed calls; "latency" below stands for either.
+
 Bucket ``0`` holds latency 0; a latency ``v >= 1`` ms goes to bucket
 ``1 + ceil(log_g(v))`` with ``g = (1 + a) / (1 - a)``, so bucket ``i >= 1``
 covers ``(g**(i-2), g**(i-1)]``. Reporting ``2 * g**(i-1) / (g + 1)`` for any

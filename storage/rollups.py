@@ -26,8 +26,9 @@ A run (``run_chunk``), in ONE transaction:
    batches' id and time bounds, which let the BRIN index on ``batch_id`` and
    partition pruning do the work, so the cost follows the new rows, not the
    table) into a scratch table at (tenant, feature, model, hour, latency bucket)
-   grain, then upsert-adds hourly and daily deltas (counts and sums add,
-   min/max combine, sparse histograms add bucket by bucket via
+   grain, and at (.., hour, time-to-first-token bucket) grain for the
+   streamed calls, then upsert-adds hourly and daily deltas (counts and sums
+   add, min/max combine, sparse histograms add bucket by bucket via
    ``rollup_hist_merge``) and the per-user daily rows (DAU + top users);
 4. deletes the log rows it took and commits.
 
@@ -108,10 +109,13 @@ def discard_batch(session: Session, batch_id: int) -> None:
 
 # --- SQL ----------------------------------------------------------------------
 
-# The current chunk, aggregated once at the two grains the rollups need:
+# The current chunk, aggregated once at the three grains the rollups need:
 # per (tenant, feature, hour, model, provider, input band, latency bucket) for
-# the hourly and daily figures, and per (tenant, feature, day, user, model,
-# provider, input band) for the user rows. Emptied at commit.
+# the hourly and daily figures (latency_bucket set), per (.., ttft bucket) for
+# the time-to-first-token histogram (latency_bucket NULL; ttft_bucket NULL for
+# the calls that did not stream, which that histogram leaves out), and per
+# (tenant, feature, day, user, model, provider, input band) for the user rows
+# (hour NULL). Emptied at commit.
 SCRATCH_TABLE = """
 CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
     tenant_id varchar(64) NOT NULL,
@@ -121,6 +125,7 @@ CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
     provider varchar(64) NOT NULL,
     input_band integer NOT NULL,
     latency_bucket smallint,
+    ttft_bucket smallint,
     day timestamptz,
     user_id varchar(128),
     calls bigint NOT NULL,
@@ -133,7 +138,11 @@ CREATE TEMP TABLE IF NOT EXISTS rollup_scratch (
     reasoning_tokens bigint NOT NULL,
     latency_sum bigint NOT NULL,
     latency_min integer NOT NULL,
-    latency_max integer NOT NULL
+    latency_max integer NOT NULL,
+    streamed_calls bigint NOT NULL,
+    ttft_sum bigint NOT NULL,
+    ttft_min integer,
+    ttft_max integer
 ) ON COMMIT DELETE ROWS
 """
 
@@ -154,47 +163,69 @@ RANGE_ROWS = (
 )
 
 # Each event's latency bucket, rendered by storage.histogram from its constants
-# (written out, not a function call: see bucket_sql).
+# (written out, not a function call: see bucket_sql); its time-to-first-token
+# bucket the same way (NULL when the call did not stream).
 EVENT_LATENCY_BUCKET = bucket_sql("e.latency_ms")
+EVENT_TTFT_BUCKET = bucket_sql("e.time_to_first_token_ms")
 # Each event's input band (schema.bands), written out for the same reason.
 EVENT_INPUT_BAND = input_band_sql("e.input_tokens")
 NO_MODEL_SQL = f"'{NO_MODEL}'"  # SQL literals of the constants (empty strings: nothing to escape)
 NO_PROVIDER_SQL = f"'{NO_PROVIDER}'"
 
-# One scan, two hashed grouping sets; a column outside a row's set is NULL.
+# One scan, three hashed grouping sets; a column outside a row's set is NULL.
+# count/sum/min/max of the time to first token skip the NULLs of unstreamed calls.
 # date_bin from a UTC midnight is plain arithmetic; date_trunc(.., 'UTC') goes
 # through the time zone machinery for every row (same result, slower).
 FILL_SCRATCH = """
 INSERT INTO rollup_scratch
 SELECT e.tenant_id, e.feature_name,
        date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, {no_model}),
-       coalesce(e.provider, {no_provider}), {band}, {bucket},
+       coalesce(e.provider, {no_provider}), {band}, {bucket}, {ttft_bucket},
        date_bin('1 day', e.timestamp, {epoch}), e.user_id,
        count(*), count(*) FILTER (WHERE e.status = 'error'),
        sum(e.input_tokens), sum(e.output_tokens), sum(e.tokens_used),
        sum(e.cache_read_tokens), sum(e.cache_write_tokens), sum(e.reasoning_tokens),
-       sum(e.latency_ms), min(e.latency_ms), max(e.latency_ms)
+       sum(e.latency_ms), min(e.latency_ms), max(e.latency_ms),
+       count(e.time_to_first_token_ms), coalesce(sum(e.time_to_first_token_ms), 0),
+       min(e.time_to_first_token_ms), max(e.time_to_first_token_ms)
 FROM analytics_events e
 WHERE {rows}
 GROUP BY GROUPING SETS (
     (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, {no_model}),
      coalesce(e.provider, {no_provider}), {band}, {bucket}),
+    (e.tenant_id, e.feature_name, date_bin('1 hour', e.timestamp, {epoch}), coalesce(e.model, {no_model}),
+     coalesce(e.provider, {no_provider}), {band}, {ttft_bucket}),
     (e.tenant_id, e.feature_name, date_bin('1 day', e.timestamp, {epoch}), e.user_id,
      coalesce(e.model, {no_model}), coalesce(e.provider, {no_provider}), {band}))
 """
 
-# {table} and {source} come from ROLLUP_LEVELS below, never from input.
+# {table} and {source} come from ROLLUP_LEVELS below, never from input. The
+# source's rows of the latency grain give the sums and the latency histogram;
+# its rows of the TTFT grain (ttft_bucket set) give the TTFT histogram, empty
+# for a cell without streamed calls.
 UPSERT_LEVEL = """
+WITH source AS MATERIALIZED {source}
 INSERT INTO {table} AS r (tenant_id, bucket, feature_name, model, provider, input_band, calls, errors,
     input_tokens, output_tokens, tokens_used, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-    latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts)
-SELECT tenant_id, bucket, feature_name, model, provider, input_band, sum(calls), sum(errors),
-       sum(input_tokens), sum(output_tokens), sum(tokens_used),
-       sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
-       sum(latency_sum), min(latency_min), max(latency_max),
-       array_agg(latency_bucket ORDER BY latency_bucket), array_agg(calls::integer ORDER BY latency_bucket)
-FROM {source} AS per_bucket
-GROUP BY tenant_id, bucket, feature_name, model, provider, input_band
+    latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts,
+    streamed_calls, ttft_sum, ttft_min, ttft_max, ttft_hist_buckets, ttft_hist_counts)
+SELECT per_cell.*, coalesce(per_ttft.buckets, '{{}}'), coalesce(per_ttft.counts, '{{}}')
+FROM (
+    SELECT tenant_id, bucket, feature_name, model, provider, input_band, sum(calls), sum(errors),
+           sum(input_tokens), sum(output_tokens), sum(tokens_used),
+           sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
+           sum(latency_sum), min(latency_min), max(latency_max),
+           array_agg(latency_bucket ORDER BY latency_bucket), array_agg(calls::integer ORDER BY latency_bucket),
+           sum(streamed_calls), sum(ttft_sum), min(ttft_min), max(ttft_max)
+    FROM source WHERE latency_bucket IS NOT NULL
+    GROUP BY tenant_id, bucket, feature_name, model, provider, input_band) AS per_cell
+LEFT JOIN (
+    SELECT tenant_id, bucket, feature_name, model, provider, input_band,
+           array_agg(ttft_bucket ORDER BY ttft_bucket) AS buckets,
+           array_agg(streamed_calls::integer ORDER BY ttft_bucket) AS counts
+    FROM source WHERE ttft_bucket IS NOT NULL
+    GROUP BY tenant_id, bucket, feature_name, model, provider, input_band) AS per_ttft
+USING (tenant_id, bucket, feature_name, model, provider, input_band)
 ORDER BY tenant_id, bucket, feature_name, model, provider, input_band
 ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET
     calls = r.calls + EXCLUDED.calls,
@@ -208,35 +239,66 @@ ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET
     latency_sum = r.latency_sum + EXCLUDED.latency_sum,
     latency_min = least(r.latency_min, EXCLUDED.latency_min),
     latency_max = greatest(r.latency_max, EXCLUDED.latency_max),
-    latency_hist_buckets = CASE WHEN {one_known_bucket} THEN r.latency_hist_buckets
-        ELSE (SELECT m.buckets FROM {merge} AS m) END,
-    latency_hist_counts = CASE WHEN {one_known_bucket}
-        THEN r.latency_hist_counts[1:{position} - 1]
-             || (r.latency_hist_counts[{position}] + EXCLUDED.latency_hist_counts[1])
-             || r.latency_hist_counts[{position} + 1:]
-        ELSE (SELECT m.counts FROM {merge} AS m) END
+    {latency_hist},
+    streamed_calls = r.streamed_calls + EXCLUDED.streamed_calls,
+    ttft_sum = r.ttft_sum + EXCLUDED.ttft_sum,
+    ttft_min = least(r.ttft_min, EXCLUDED.ttft_min),
+    ttft_max = greatest(r.ttft_max, EXCLUDED.ttft_max),
+    {ttft_hist}
 """
-# A conflicting row's histogram is merged with rollup_hist_merge (a SQL
-# function: unnest, group, array_agg; ~0.1 ms per call), except in the most
-# common case, a delta of one bucket the row already has (late events are
-# single events): then the buckets stay and one count is added in place.
-HIST_MERGE = (
-    "rollup_hist_merge(r.latency_hist_buckets, r.latency_hist_counts,"
-    " EXCLUDED.latency_hist_buckets, EXCLUDED.latency_hist_counts)"
-)
-HIST_POSITION = "array_position(r.latency_hist_buckets, EXCLUDED.latency_hist_buckets[1])"
-ONE_KNOWN_BUCKET = f"cardinality(EXCLUDED.latency_hist_buckets) = 1 AND {HIST_POSITION} IS NOT NULL"
+# least/greatest ignore NULL: a cell's first streamed calls set its TTFT min/max.
+
+
+def hist_update(prefix: str, *, may_be_empty: bool = False) -> str:
+    """The SET clauses adding EXCLUDED's sparse histogram ``{prefix}_hist_*`` to the row's.
+
+    A conflicting row's histogram is merged with rollup_hist_merge (a SQL
+    function: unnest, group, array_agg; ~0.1 ms per call), except in the most
+    common case, a delta of one bucket the row already has (late events are
+    single events): then the buckets stay and one count is added in place.
+    ``may_be_empty``: either side may be empty (no streamed calls), which
+    keeps the other side (rollup_hist_merge of two empty ones would be NULL).
+    ``prefix`` is a constant of this module, never input.
+    """
+    buckets, counts = f"{prefix}_hist_buckets", f"{prefix}_hist_counts"
+    merge = f"rollup_hist_merge(r.{buckets}, r.{counts}, EXCLUDED.{buckets}, EXCLUDED.{counts})"
+    position = f"array_position(r.{buckets}, EXCLUDED.{buckets}[1])"
+    one_known_bucket = f"cardinality(EXCLUDED.{buckets}) = 1 AND {position} IS NOT NULL"
+    keep_buckets = keep_counts = ""
+    if may_be_empty:
+        keep_buckets = (
+            f"WHEN cardinality(EXCLUDED.{buckets}) = 0 THEN r.{buckets}"
+            f" WHEN cardinality(r.{buckets}) = 0 THEN EXCLUDED.{buckets} "
+        )
+        keep_counts = (
+            f"WHEN cardinality(EXCLUDED.{buckets}) = 0 THEN r.{counts}"
+            f" WHEN cardinality(r.{buckets}) = 0 THEN EXCLUDED.{counts} "
+        )
+    return (
+        f"{buckets} = CASE {keep_buckets}WHEN {one_known_bucket} THEN r.{buckets}\n"
+        f"        ELSE (SELECT m.buckets FROM {merge} AS m) END,\n"
+        f"    {counts} = CASE {keep_counts}WHEN {one_known_bucket}\n"
+        f"        THEN r.{counts}[1:{position} - 1]\n"
+        f"             || (r.{counts}[{position}] + EXCLUDED.{counts}[1])\n"
+        f"             || r.{counts}[{position} + 1:]\n"
+        f"        ELSE (SELECT m.counts FROM {merge} AS m) END"
+    )
+
+
+LATENCY_HIST_UPDATE = hist_update("latency")
+TTFT_HIST_UPDATE = hist_update("ttft", may_be_empty=True)
 # The scratch rows are per hour already; days merge their hours' buckets first.
 HOURLY_SOURCE = "(SELECT *, hour AS bucket FROM rollup_scratch WHERE hour IS NOT NULL)"
 DAILY_SOURCE = """(
     SELECT tenant_id, date_bin('1 day', hour, {epoch}) AS bucket, feature_name, model, provider, input_band,
-           latency_bucket, sum(calls) AS calls, sum(errors) AS errors, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(tokens_used) AS tokens_used,
+           latency_bucket, ttft_bucket, sum(calls) AS calls, sum(errors) AS errors,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(tokens_used) AS tokens_used,
            sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
            sum(reasoning_tokens) AS reasoning_tokens,
            sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min,
-           max(latency_max) AS latency_max
-    FROM rollup_scratch WHERE hour IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7)"""
+           max(latency_max) AS latency_max, sum(streamed_calls) AS streamed_calls, sum(ttft_sum) AS ttft_sum,
+           min(ttft_min) AS ttft_min, max(ttft_max) AS ttft_max
+    FROM rollup_scratch WHERE hour IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8)"""
 ROLLUP_LEVELS = (("rollup_hourly", HOURLY_SOURCE), ("rollup_daily", DAILY_SOURCE))
 
 UPSERT_USERS = """
@@ -261,8 +323,8 @@ TAKE_PENDING = text(
     "SELECT batch_id, min_ts, max_ts FROM rollup_pending_batches ORDER BY batch_id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 DROP_PENDING = text("DELETE FROM rollup_pending_batches WHERE batch_id = ANY(CAST(:batch_ids AS bigint[]))")
-SCRATCH_EVENTS = text("SELECT coalesce(sum(calls), 0) FROM rollup_scratch WHERE hour IS NOT NULL")
-SCRATCH_PAIRS = text("SELECT DISTINCT model, provider FROM rollup_scratch WHERE hour IS NOT NULL")
+SCRATCH_EVENTS = text("SELECT coalesce(sum(calls), 0) FROM rollup_scratch WHERE latency_bucket IS NOT NULL")
+SCRATCH_PAIRS = text("SELECT DISTINCT model, provider FROM rollup_scratch WHERE latency_bucket IS NOT NULL")
 CLEAR_SCRATCH = text("DELETE FROM rollup_scratch")
 
 
@@ -306,6 +368,7 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
         rows=rows,
         epoch=UTC_EPOCH,
         bucket=EVENT_LATENCY_BUCKET,
+        ttft_bucket=EVENT_TTFT_BUCKET,
         band=EVENT_INPUT_BAND,
         no_model=NO_MODEL_SQL,
         no_provider=NO_PROVIDER_SQL,
@@ -319,9 +382,8 @@ def _aggregate(conn: Connection, rows: str, params: dict[str, Any]) -> ChunkResu
                 UPSERT_LEVEL.format(
                     table=table,
                     source=source.format(epoch=UTC_EPOCH),
-                    merge=HIST_MERGE,
-                    position=HIST_POSITION,
-                    one_known_bucket=ONE_KNOWN_BUCKET,
+                    latency_hist=LATENCY_HIST_UPDATE,
+                    ttft_hist=TTFT_HIST_UPDATE,
                 )
             )
         ).rowcount

@@ -1,8 +1,9 @@
 """Shared pieces of the rollup tests: making and storing events, and the oracle.
 
 The oracle computes every rollup figure straight from ``analytics_events``
-(SQL aggregates, ``percentile_disc``, and the latency histogram built in
-Python from the raw latencies), independently of storage.rollups; the input
+(SQL aggregates, ``percentile_disc``, and the latency and time-to-first-token
+histograms built in Python from the raw values), independently of
+storage.rollups; the input
 band is computed from INPUT_BANDS as data (the greatest boundary below the
 input), not with schema.bands' CASE expression that the rollups use.
 """
@@ -59,6 +60,7 @@ def event(
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
     provider: str | None = None,
+    time_to_first_token_ms: int | None = None,
     event_id: uuid.UUID | None = None,
 ) -> Row:
     """One (mapping, payload) pair as the worker's decoder yields it."""
@@ -79,6 +81,7 @@ def event(
         "cache_write_tokens": cache_write_tokens,
         "reasoning_tokens": reasoning_tokens,
         "provider": provider,
+        "time_to_first_token_ms": time_to_first_token_ms,
     }
     return mapping, {**mapping, "event_id": str(mapping["event_id"]), "timestamp": timestamp.isoformat()}
 
@@ -135,6 +138,11 @@ class Cell:
     latency_min: int
     latency_max: int
     histogram: LatencyHistogram
+    streamed_calls: int
+    ttft_sum: int
+    ttft_min: int | None
+    ttft_max: int | None
+    ttft_histogram: LatencyHistogram
 
 
 # Each event's band: the greatest boundary its input exceeds, looked up in the list.
@@ -144,13 +152,17 @@ SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC') AS bucket, feature_name, c
        coalesce(provider, '') AS provider, {BAND} AS input_band,
        count(*), count(*) FILTER (WHERE status = 'error'), sum(input_tokens), sum(output_tokens),
        sum(tokens_used), sum(cache_read_tokens), sum(cache_write_tokens), sum(reasoning_tokens),
-       sum(latency_ms), min(latency_ms), max(latency_ms), array_agg(latency_ms)
+       sum(latency_ms), min(latency_ms), max(latency_ms), array_agg(latency_ms),
+       count(time_to_first_token_ms), coalesce(sum(time_to_first_token_ms), 0), min(time_to_first_token_ms),
+       max(time_to_first_token_ms),
+       coalesce(array_agg(time_to_first_token_ms) FILTER (WHERE time_to_first_token_ms IS NOT NULL), '{{}}')
 FROM analytics_events GROUP BY 1, 2, 3, 4, 5, 6
 """
 STORED_CELLS = """
 SELECT tenant_id, bucket, feature_name, model, provider, input_band, calls, errors, input_tokens, output_tokens,
        tokens_used, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-       latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts
+       latency_sum, latency_min, latency_max, latency_hist_buckets, latency_hist_counts,
+       streamed_calls, ttft_sum, ttft_min, ttft_max, ttft_hist_buckets, ttft_hist_counts
 FROM {table}
 """
 USER_SUMS = (
@@ -167,7 +179,8 @@ STORED_USERS = f"SELECT {', '.join(USER_ROLLUP_KEY)}, {USER_SUMS} FROM rollup_da
 USER_KEY_WIDTH = len(USER_ROLLUP_KEY)
 EXPECTED_PERCENTILES = f"""
 SELECT tenant_id, date_trunc(:unit, timestamp, 'UTC'), feature_name, coalesce(model, ''), coalesce(provider, ''),
-       {BAND}, percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
+       {BAND}, percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms),
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY time_to_first_token_ms)
 FROM analytics_events GROUP BY 1, 2, 3, 4, 5, 6
 """
 
@@ -178,7 +191,10 @@ BANDS = {"bands": list(INPUT_BANDS)}
 def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
     cells = {}
     for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit, **BANDS}):
-        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning, lat_sum, lat_min, lat_max, lats = row
+        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning, lat_sum, lat_min, lat_max, lats = (
+            row[:-5]
+        )
+        streamed, ttft_sum, ttft_min, ttft_max, ttfts = row[-5:]
         cells[tuple(key)] = Cell(
             calls,
             errors,
@@ -192,6 +208,11 @@ def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
             lat_min,
             lat_max,
             LatencyHistogram.from_latencies(lats),
+            streamed,
+            ttft_sum,
+            ttft_min,
+            ttft_max,
+            LatencyHistogram.from_latencies(ttfts),
         )
     return cells  # type: ignore[return-value]
 
@@ -200,7 +221,8 @@ def stored_cells(conn: Connection, table: str) -> dict[Key, Cell]:
     cells = {}
     for row in conn.execute(text(STORED_CELLS.format(table=table))):
         *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning = row[:14]
-        lat_sum, lat_min, lat_max, buckets, counts = row[14:]
+        lat_sum, lat_min, lat_max, buckets, counts = row[14:19]
+        streamed, ttft_sum, ttft_min, ttft_max, ttft_buckets, ttft_counts = row[19:]
         cells[tuple(key)] = Cell(
             calls,
             errors,
@@ -214,6 +236,11 @@ def stored_cells(conn: Connection, table: str) -> dict[Key, Cell]:
             lat_min,
             lat_max,
             LatencyHistogram.of(buckets, counts),
+            streamed,
+            ttft_sum,
+            ttft_min,
+            ttft_max,
+            LatencyHistogram.of(ttft_buckets, ttft_counts),
         )
     return cells  # type: ignore[return-value]
 
@@ -230,11 +257,18 @@ def assert_rollups_match_raw(conn: Connection) -> None:
         for key, cell in expected.items():
             assert stored[key] == cell, f"{table} {key}: {stored[key]} != {cell}"
         percentiles = conn.execute(text(EXPECTED_PERCENTILES), {"unit": unit, "quantiles": list(QUANTILES), **BANDS})
-        for *key, exact in percentiles:
+        for *key, exact, exact_ttft in percentiles:
             cell = stored[tuple(key)]  # type: ignore[index]
             for q, value in zip(QUANTILES, exact, strict=False):
                 estimate = cell.histogram.quantile(q, cell.latency_min, cell.latency_max)
                 assert within_error(estimate, value), f"{table} {key} p{q}: {estimate} vs {value}"
+            # percentile_disc skips NULLs: over the streamed calls, NULL when there are none.
+            if exact_ttft is None:
+                assert cell.streamed_calls == 0 and cell.ttft_histogram.quantile(0.5) is None, f"{table} {key} TTFT"
+                continue
+            for q, value in zip(QUANTILES, exact_ttft, strict=True):
+                estimate = cell.ttft_histogram.quantile(q, cell.ttft_min, cell.ttft_max)
+                assert within_error(estimate, value), f"{table} {key} TTFT p{q}: {estimate} vs {value}"
     width = USER_KEY_WIDTH
     expected_users = {tuple(row[:width]): tuple(row[width:]) for row in conn.execute(text(EXPECTED_USERS), BANDS)}
     stored_users = {tuple(row[:width]): tuple(row[width:]) for row in conn.execute(text(STORED_USERS))}

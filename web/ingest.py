@@ -36,7 +36,7 @@ router = APIRouter(tags=["ingest"])
 EVENT_FIELDS = frozenset({
     "event_id", "feature_name", "user_id", "model", "input_tokens", "output_tokens",
     "tokens_used", "latency_ms", "status", "error_type", "timestamp",
-    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "provider", "time_to_first_token_ms",
 })  # fmt: skip
 REQUIRED_FIELDS = ("feature_name", "user_id")
 HTTP_MULTI_STATUS = 207
@@ -49,7 +49,9 @@ class EventBatch(BaseModel):
         " (ISO 8601 with offset), event_id (UUID) (optional); cache_read_tokens, cache_write_tokens,"
         " reasoning_tokens (optional, default 0) and provider (optional, e.g. 'openai', 'anthropic'),"
         " counted as OpenTelemetry GenAI does: input_tokens includes cache reads and cache writes,"
-        " output_tokens includes reasoning tokens. No tenant_id: it is the key's.",
+        " output_tokens includes reasoning tokens; time_to_first_token_ms (optional, a number of ms, rounded"
+        " like latency_ms and at most latency_ms; omit it or send null for a call that did not stream)."
+        " No tenant_id: it is the key's.",
         # Published in the schema; enforced by the handler, which names the problem in its own words.
         json_schema_extra={"minItems": 1},
     )

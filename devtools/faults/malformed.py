@@ -52,6 +52,7 @@ def event(tenant: str, user: str, **overrides: Any) -> dict[str, Any]:
         "cache_write_tokens": 0,
         "reasoning_tokens": 0,
         "provider": None,
+        "time_to_first_token_ms": None,
     }
     values.update(overrides)
     return values
@@ -97,6 +98,12 @@ BAD_ROWS: list[BadRow] = [
     BadRow("NaN latency", _with(latency_ms=math.nan), "latency_ms must be a finite number"),
     BadRow("infinite latency", _with(latency_ms=math.inf), "latency_ms must be a finite number"),
     BadRow("latency as a string", _with(latency_ms="850"), "latency_ms must be a number"),
+    BadRow("negative time to first token", _with(time_to_first_token_ms=-1), "time_to_first_token_ms must not be"),
+    BadRow(
+        "time to first token over latency",
+        _with(latency_ms=850, time_to_first_token_ms=851),
+        "time_to_first_token_ms (851) is more than latency_ms",
+    ),
     BadRow("tenant over-long", lambda t, u: row(event(t + "x" * MAX_TENANT_ID_LEN, u)), "tenant_id is"),
     BadRow("tenant empty", lambda t, u: row(event("", u)), "tenant_id must not be empty"),
     BadRow("tenant as a number", lambda t, u: row(event(12345, u)), "tenant_id must be a string"),

@@ -35,7 +35,7 @@ MAX_ROWS = 100
 
 def wire_row(tenant: str = "t-proto") -> list[Any]:
     return [uuid.uuid4().hex, tenant, "summarize", "u1", "m1", 3, 4, 7, 12, "success", None, time.time_ns() // 1000,
-            1, 1, 2, "openai"]  # fmt: skip
+            1, 1, 2, "openai", 5]  # fmt: skip
 
 
 def batch(rows: int = 3) -> dict[str, Any]:

@@ -112,6 +112,17 @@ PRODUCER_CASES: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("long provider", {"provider": "p" * (MAX_PROVIDER_LEN + 1)}, ValueError, "provider"),
     ("NUL in provider", {"provider": "open\x00ai"}, ValueError, "provider"),
     ("lone surrogate in provider", {"provider": "\udcff"}, ValueError, "provider"),
+    ("ttft as str", {"time_to_first_token_ms": "80"}, TypeError, "time_to_first_token_ms"),
+    ("ttft as bool", {"time_to_first_token_ms": True}, TypeError, "time_to_first_token_ms"),
+    ("negative ttft", {"time_to_first_token_ms": -1}, ValueError, "time_to_first_token_ms"),
+    ("negative float ttft", {"time_to_first_token_ms": -0.6}, ValueError, "time_to_first_token_ms"),
+    ("NaN ttft", {"time_to_first_token_ms": math.nan}, ValueError, "time_to_first_token_ms"),
+    ("inf ttft", {"time_to_first_token_ms": math.inf}, ValueError, "time_to_first_token_ms"),
+    ("ttft over latency", {"latency_ms": 120, "time_to_first_token_ms": 121}, ValueError, "time_to_first_token_ms"),
+    ("ttft over latency once rounded", {"latency_ms": 120.4, "time_to_first_token_ms": 120.6}, ValueError,
+     "time_to_first_token_ms"),
+    ("ttft over int32", {"latency_ms": 5, "time_to_first_token_ms": MAX_INT32 + 1}, ValueError,
+     "time_to_first_token_ms"),
 ]  # fmt: skip
 
 
@@ -138,6 +149,21 @@ def test_track_buffers_the_token_buckets_and_the_provider(tracker: Tracker) -> N
         with_buckets, without = (parse_wire_row(WIRE_FIELDS, row) for row in tracker._buffer)
         assert {name: with_buckets[name] for name in buckets} == buckets
         assert [without[name] for name in buckets] == [0, 0, 0, None]
+    finally:
+        tracker.close(timeout=0)
+
+
+def test_track_buffers_the_time_to_first_token(tracker: Tracker) -> None:
+    """Rounded like latency_ms, equal to it at most; None (a call that did not stream) stays None, 0 stays 0."""
+    try:
+        cases = [(120.4, 80.5, 80), (120.4, 120.3, 120), (120, 120, 120), (7, 0, 0), (7, 0.4, 0), (7, None, None)]
+        for latency, ttft, _ in cases:
+            assert tracker.track(**{**VALID, "latency_ms": latency, "time_to_first_token_ms": ttft})
+        stored = [parse_wire_row(WIRE_FIELDS, [uuid.uuid4().hex, *row[1:]]) for row in tracker._buffer]
+        assert [m["time_to_first_token_ms"] for m in stored] == [expected for *_, expected in cases]
+        assert all(
+            m["time_to_first_token_ms"] is None or m["time_to_first_token_ms"] <= m["latency_ms"] for m in stored
+        )
     finally:
         tracker.close(timeout=0)
 
@@ -196,6 +222,7 @@ def wire_row(**overrides: Any) -> list[Any]:
         "cache_write_tokens": 0,
         "reasoning_tokens": 0,
         "provider": None,
+        "time_to_first_token_ms": None,
         **overrides,
     }
     return [values[name] for name in WIRE_FIELDS]
@@ -206,7 +233,8 @@ def test_parse_wire_row_maps_a_valid_row() -> None:
     mapping = parse_wire_row(
         WIRE_FIELDS,
         wire_row(event_id=event_id.hex, tokens_used=None, latency_ms=7.4, input_tokens=10, cache_read_tokens=6,
-                 cache_write_tokens=4, output_tokens=5, reasoning_tokens=5, provider="anthropic"),
+                 cache_write_tokens=4, output_tokens=5, reasoning_tokens=5, provider="anthropic",
+                 time_to_first_token_ms=6.6),
     )  # fmt: skip
     assert mapping == {
         "event_id": event_id,
@@ -226,10 +254,11 @@ def test_parse_wire_row_maps_a_valid_row() -> None:
         "cache_write_tokens": 4,
         "reasoning_tokens": 5,
         "provider": "anthropic",
+        "time_to_first_token_ms": 7,  # rounded like latency_ms, and equal to it at most
     }
 
 
-def test_a_version_1_message_decodes_with_no_buckets_and_no_provider() -> None:
+def test_a_version_1_message_decodes_with_no_buckets_no_provider_and_no_time_to_first_token() -> None:
     """Version-1 messages still queued when producers are upgraded are stored, not dead-lettered."""
     v2_row = wire_row(user_id="old")
     v1_row = [v2_row[WIRE_FIELDS.index(name)] for name in reversed(WIRE_FIELDS_V1)]
@@ -239,6 +268,7 @@ def test_a_version_1_message_decodes_with_no_buckets_and_no_provider() -> None:
     assert mapping == parse_wire_row(WIRE_FIELDS, v2_row)  # the same event as version 2 with the defaults
     assert (mapping["cache_read_tokens"], mapping["cache_write_tokens"], mapping["reasoning_tokens"]) == (0, 0, 0)
     assert mapping["provider"] is None
+    assert mapping["time_to_first_token_ms"] is None
     assert dict(payload) == dict(zip(reversed(WIRE_FIELDS_V1), v1_row, strict=True))  # as received
 
 
@@ -284,6 +314,11 @@ WORKER_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("timestamp as str", {"timestamp_us": "1700000000000000"}, "timestamp_us"),
     ("timestamp as float", {"timestamp_us": 1.7e15}, "timestamp_us"),
     ("timestamp overflow", {"timestamp_us": 10**20}, "timestamp_us"),
+    ("ttft as str", {"time_to_first_token_ms": "5"}, "time_to_first_token_ms"),
+    ("ttft negative", {"time_to_first_token_ms": -1}, "time_to_first_token_ms"),
+    ("ttft NaN", {"time_to_first_token_ms": math.nan}, "time_to_first_token_ms"),
+    ("ttft over latency", {"latency_ms": 120, "time_to_first_token_ms": 121}, "time_to_first_token_ms"),
+    ("ttft over latency once rounded", {"latency_ms": 7.4, "time_to_first_token_ms": 7.6}, "time_to_first_token_ms"),
 ]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from cli.main import cli
 from config import get_settings
-from schema.event import WIRE_FIELDS_V1
+from schema.event import WIRE_FIELDS, WIRE_FIELDS_V1
 from schema.message import decode_message
 from storage import dead_letters
 from storage.db import make_session_factory
@@ -70,6 +70,28 @@ def test_replay_after_a_fix_stores_once_and_removes_the_dead_letter(engine: Engi
         with Session(engine) as session, session.begin():
             replay(session, [letter_id], get_settings(), policy=relaxed)
     assert stored(engine, tenant) == 2
+    assert letters(engine, tenant) == []
+
+
+def test_a_version_2_dead_letter_replays_with_its_time_to_first_token(engine: Engine) -> None:
+    """A version-2 row keeps every field through its dead letter: the replayed event streamed, as sent."""
+    tenant = f"dl-{uuid.uuid4().hex[:8]}"
+    strict = PartitionPolicy(max_future_skew=timedelta(minutes=5))
+    v1 = wire_row(tenant, ts_us=time.time_ns() // 1000 + 2 * HOUR_US)
+    v2 = dict(zip(WIRE_FIELDS_V1, v1, strict=True)) | {
+        "cache_read_tokens": 1, "cache_write_tokens": 0, "reasoning_tokens": 2, "provider": "openai",
+        "time_to_first_token_ms": 9,
+    }  # fmt: skip
+    ingest(engine, {"v": 2, "fields": list(WIRE_FIELDS), "rows": [[v2[f] for f in WIRE_FIELDS]]}, strict)
+    [(letter_id, _, reason)] = letters(engine, tenant)
+    assert "future" in reason
+    with Session(engine) as session, session.begin():
+        replay(session, [letter_id], get_settings(), policy=PartitionPolicy(max_future_skew=timedelta(days=1)))
+    with engine.connect() as conn:
+        ttft, latency = conn.execute(
+            text("SELECT time_to_first_token_ms, latency_ms FROM analytics_events WHERE tenant_id = :t"), {"t": tenant}
+        ).one()
+    assert (ttft, latency) == (9, 12)
     assert letters(engine, tenant) == []
 
 

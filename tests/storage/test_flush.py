@@ -47,7 +47,7 @@ def delta(before: dict[str, float]) -> dict[str, float]:
 def wire_row(tenant: str, *, age: timedelta = timedelta(0), input_tokens: int = 3) -> list[object]:
     ts_us = int((datetime.now(UTC) - age).timestamp() * 1_000_000)
     return [uuid.uuid4().hex, tenant, "summarize", "u1", "m1", input_tokens, 4, None, 12, "success", None, ts_us,
-            0, 0, 0, None]  # fmt: skip
+            0, 0, 0, None, 7]  # fmt: skip
 
 
 def decoded(*rows: list[object]) -> Flush:

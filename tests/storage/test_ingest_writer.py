@@ -47,6 +47,7 @@ def make_rows(tenant: str, n: int) -> list[Row]:
             uuid.uuid4().hex, tenant, "summarize", f"user-{i}", "gpt-test",
             i, 2, i + 2, 100 + i, "success", None, now_us - i,
             i // 2, i % 3 // 2, i % 2, "openai" if i % 2 else None,  # the token buckets and provider
+            None if i % 3 else 50 + i,  # the time to first token of a streamed call
         ]  # fmt: skip
         rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
     return rows
@@ -215,6 +216,28 @@ def test_row_violating_a_check_constraint_is_dead_lettered_while_its_batch_mates
     assert letter["reason"] == rejected.reason
     assert letter["payload"] == encode_payload(bad[1])
     assert (letter["source"], letter["attempts"]) == ("worker", 1)
+
+
+def test_the_database_refuses_a_time_to_first_token_past_the_latency(
+    engine: Engine, tenant: str, settings: Settings
+) -> None:
+    """The table's own check, for a writer that bypasses the schema's: TTFT in [0, latency_ms], NULL allowed."""
+    rows = make_rows(tenant, 6)  # rows 0 and 3 streamed, the others not
+    rows[1] = tamper(rows[1], latency_ms=100, time_to_first_token_ms=101)
+    rows[2] = tamper(rows[2], time_to_first_token_ms=-1)
+    rows[4] = tamper(rows[4], latency_ms=100, time_to_first_token_ms=100)  # the whole call before the first token
+
+    result = write(engine, rows, settings)
+
+    assert result.stored == 4
+    assert sorted(r.payload["user_id"] for r in result.rejected) == ["user-1", "user-2"]
+    assert all("time_to_first_token_valid" in r.reason for r in result.rejected)
+    with engine.connect() as conn:
+        kept = conn.execute(
+            text("SELECT user_id, time_to_first_token_ms FROM analytics_events WHERE tenant_id = :t ORDER BY user_id"),
+            {"t": tenant},
+        ).all()
+    assert [tuple(row) for row in kept] == [("user-0", 50), ("user-3", 53), ("user-4", 100), ("user-5", None)]
 
 
 def test_several_rejected_rows_are_isolated_whatever_their_position(

@@ -69,6 +69,7 @@ def wire_row(timestamp: datetime, **overrides: Any) -> list[Any]:
         "cache_write_tokens": 0,
         "reasoning_tokens": 0,
         "provider": None,
+        "time_to_first_token_ms": None,
     }
     values.update(overrides)
     return [values[name] for name in WIRE_FIELDS]

@@ -57,6 +57,7 @@ def wire_row(tenant: str, moment: datetime, feature: str = "summarization") -> l
         "model": "m", "input_tokens": 1, "output_tokens": 2, "tokens_used": None, "latency_ms": 5,
         "status": "success", "error_type": None, "timestamp_us": us(moment),
         "cache_read_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0, "provider": None,
+        "time_to_first_token_ms": None,
     }  # fmt: skip
     return [values[name] for name in WIRE_FIELDS]
 

@@ -98,7 +98,7 @@ def _refused(engine: Engine, sql: str) -> str:
 
 def _wire(tenant: str, feature: str, moment: datetime, i: int) -> list[object]:
     return [uuid.uuid4().hex, tenant, feature, f"user-{i % 3}", "gpt-x", 10, 5, None, 100 + i, "success", None,
-            int(moment.timestamp() * 1_000_000), 4, 2, 1, "openai"]  # fmt: skip
+            int(moment.timestamp() * 1_000_000), 4, 2, 1, "openai", 40 if i % 2 else None]  # fmt: skip
 
 
 def test_create_roles_hands_every_object_to_the_owner(roles_db: RolesDb, superuser: Engine) -> None:

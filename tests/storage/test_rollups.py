@@ -70,12 +70,15 @@ def some_events(n: int, hours_ago: int = 1, seed: int = 0, **fixed: object) -> l
         input_tokens = rng.choice([10, 5_000, INPUT_BANDS[0], INPUT_BANDS[0] + 1, 250_000])
         output_tokens = rng.randrange(0, 2_000)
         cache_read = rng.choice([0, input_tokens // 2])
+        latency = rng.randrange(0, 5000)
         spec = {
             "feature": rng.choice(["f1", "f2"]),
             "model": rng.choice([None, "m1"]),
             "provider": rng.choice([None, "openai", "anthropic"]),
             "user": f"u{rng.randrange(4)}",
-            "latency_ms": rng.randrange(0, 5000),
+            "latency_ms": latency,
+            # Not streamed, streamed (0 up to the whole call), or the first token at once.
+            "time_to_first_token_ms": rng.choice([None, None, rng.randint(0, latency), 0]),
             "status": rng.choice(["success", "error"]),
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -356,6 +359,30 @@ def test_a_late_event_updates_its_old_buckets(engine: Engine) -> None:
         ).scalar_one()
         assert calls == 2
         assert_rollups_match_raw(conn)
+
+
+def test_time_to_first_token_merges_into_existing_rows_by_every_path(engine: Engine) -> None:
+    """One cell, run after run: unstreamed calls only (empty TTFT histogram, twice), then its first streamed calls,
+    one more in a bucket it has, calls in new buckets, unstreamed calls again; each run equals the raw events."""
+    hour = recent_hour(2, minute=5)
+    runs = [
+        [event(hour, latency_ms=300), event(hour, latency_ms=40)],
+        [event(hour, latency_ms=70)],
+        [event(hour, latency_ms=300, time_to_first_token_ms=120), event(hour, latency_ms=90, time_to_first_token_ms=0)],
+        [event(hour, latency_ms=500, time_to_first_token_ms=120)],
+        [event(hour, latency_ms=9_000, time_to_first_token_ms=t) for t in (7, 2_500, 2_500, 9_000)],
+        [event(hour, latency_ms=1)],
+    ]
+    seen = []
+    for run in runs:
+        ingest(engine, run)
+        run_until_idle(engine)
+        with engine.connect() as conn:
+            assert_rollups_match_raw(conn)
+            seen.append(tuple(conn.execute(text("SELECT streamed_calls, ttft_min, ttft_max FROM rollup_daily")).one()))
+    ttfts = [e[0]["time_to_first_token_ms"] for run in runs for e in run]
+    streamed = [t for t in ttfts if t is not None]
+    assert seen[0] == (0, None, None) and seen[-1] == (len(streamed), min(streamed), max(streamed))
 
 
 # --- rebuild ------------------------------------------------------------------

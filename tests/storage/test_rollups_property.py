@@ -2,7 +2,8 @@
 every rollup figure equals the figure computed straight from raw events.
 
 Hypothesis draws events (several tenants, features, models including none,
-users, latencies from 0 to 2**31-1, errors, token buckets and providers,
+users, latencies from 0 to 2**31-1, times to first token (none, or up to the
+latency), errors, token buckets and providers,
 input sizes on both sides of every input-band boundary, timestamps over the last three days
 and late ones 30-45 days old), cuts them into batches, and repeats some
 batches and some events (redelivered messages, repeated ids inside a message).
@@ -64,6 +65,8 @@ event_specs = st.fixed_dictionaries(
         "model": st.sampled_from(MODELS),
         "user": st.sampled_from([f"u{i}" for i in range(4)]),
         "latency_ms": latencies,
+        # Clamped to the latency in build_batches; None: the call did not stream.
+        "time_to_first_token_ms": st.one_of(st.none(), latencies),
         "status": st.sampled_from(["success", "success", "error"]),
         "provider": st.sampled_from(PROVIDERS),
         "input_tokens": st.one_of(
@@ -103,6 +106,8 @@ def build_batches(scenario: dict[str, Any], now: datetime) -> list[list[Row]]:
         spec["cache_read_tokens"] = min(spec["cache_read_tokens"], spec["input_tokens"])
         spec["cache_write_tokens"] = min(spec["cache_write_tokens"], spec["input_tokens"] - spec["cache_read_tokens"])
         spec["reasoning_tokens"] = min(spec["reasoning_tokens"], spec["output_tokens"])
+        if spec["time_to_first_token_ms"] is not None:
+            spec["time_to_first_token_ms"] = min(spec["time_to_first_token_ms"], spec["latency_ms"])
         events.append(event(now - offset, event_id=uuid.uuid4(), **spec))
     batches: list[list[Row]] = []
     sizes = scenario["sizes"]
@@ -123,7 +128,9 @@ def build_batches(scenario: dict[str, Any], now: datetime) -> list[list[Row]]:
 RAW_SUMMARY = """
 SELECT feature_name, count(*), count(*) FILTER (WHERE status = 'error'), sum(input_tokens),
        sum(output_tokens), sum(tokens_used), min(latency_ms), max(latency_ms), sum(latency_ms),
-       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms),
+       count(time_to_first_token_ms), sum(time_to_first_token_ms),
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY time_to_first_token_ms)
 FROM analytics_events
 WHERE tenant_id = :tenant AND timestamp >= :start AND timestamp < :end
 GROUP BY feature_name ORDER BY feature_name
@@ -154,6 +161,15 @@ def check_queries_against_raw(conn: Connection, start: datetime, end: datetime) 
             estimates = (summary.latency_p50_ms, summary.latency_p95_ms, summary.latency_p99_ms)
             for estimate, exact in zip(estimates, row[9], strict=False):
                 assert within_error(estimate, exact), (tenant, summary.feature_name, estimate, exact)
+            streamed, ttft_sum, ttft_exact = row[10:13]
+            assert summary.streamed_calls == streamed
+            ttft = (summary.ttft_p50_ms, summary.ttft_p95_ms, summary.ttft_p99_ms)
+            if not streamed:  # percentile_disc of no values is NULL
+                assert summary.ttft_avg_ms is None and ttft == (None, None, None) and ttft_exact is None
+                continue
+            assert summary.ttft_avg_ms == ttft_sum / streamed
+            for estimate, exact in zip(ttft, ttft_exact, strict=True):
+                assert within_error(estimate, exact), (tenant, summary.feature_name, "TTFT", estimate, exact)
 
 
 def truncate(engine: Engine) -> None:

@@ -24,7 +24,8 @@ def test_copy_stores_awkward_strings_exactly_as_bulk_insert_does(engine: Engine)
         rows = []
         for i, value in enumerate(AWKWARD):
             wire = [uuid.uuid4().hex, tenant, "summarization", value, value if i % 2 else None,
-                    i, 1, None, 10, "error", value, now_us + i, i // 2, 0, 1, value if i % 2 == 0 else None]  # fmt: skip
+                    i, 1, None, 10, "error", value, now_us + i, i // 2, 0, 1, value if i % 2 == 0 else None,
+                    i if i % 2 else None]  # fmt: skip
             rows.append((parse_wire_row(WIRE_FIELDS, wire), dict(zip(WIRE_FIELDS, wire, strict=False))))
         with Session(engine) as session, session.begin():
             assert store_batch(session, rows, get_settings(), writer=writer).stored == len(AWKWARD)
