@@ -3,6 +3,9 @@
 ``track(...)`` and ``flush(...)`` use one Tracker per process, created on first
 use with the settings from the environment. Create a ``Tracker`` yourself to
 use other settings.
+
+``track_ai_call`` and ``tracked`` (producer.instrument) record calls of the
+OpenAI and Anthropic clients, usage read from their responses and streams.
 """
 
 from __future__ import annotations
@@ -11,8 +14,21 @@ import threading
 from typing import Any
 
 from producer.client import Tracker, TrackerStats
+from producer.instrument import AICall, track_ai_call, tracked
+from producer.usage import Usage, usage_of
 
-__all__ = ["Tracker", "TrackerStats", "flush", "get_tracker", "track"]
+__all__ = [
+    "AICall",
+    "Tracker",
+    "TrackerStats",
+    "Usage",
+    "flush",
+    "get_tracker",
+    "track",
+    "track_ai_call",
+    "tracked",
+    "usage_of",
+]
 
 _default: Tracker | None = None
 _default_lock = threading.Lock()
