@@ -36,20 +36,26 @@ def data(engine: Engine, clean_tables: None) -> tuple[datetime, datetime]:
     ensure_months_for(engine, start, end + timedelta(hours=1))
     rng = random.Random(5)
     for batch in range(12):
-        rows = [
-            event(
-                start + timedelta(seconds=rng.randrange(int(SPAN.total_seconds()))),
-                tenant=rng.choice([TENANT, TENANT, OTHER]),
-                feature=rng.choice(FEATURES),
-                model=rng.choice([None, "m1", "m2"]),
-                user=f"user-{rng.randrange(8)}",
-                latency_ms=int(rng.lognormvariate(5.5, 0.8)),
-                status=rng.choice(["success"] * 9 + ["error"]),
-                input_tokens=rng.randrange(100),
-                output_tokens=rng.randrange(100),
+        rows = []
+        for _ in range(40):
+            latency = int(rng.lognormvariate(5.5, 0.8))
+            # "forecast" never streams: its time-to-first-token figures are None.
+            feature = rng.choice(FEATURES)
+            streamed = feature != "forecast" and rng.random() < 0.6
+            rows.append(
+                event(
+                    start + timedelta(seconds=rng.randrange(int(SPAN.total_seconds()))),
+                    tenant=rng.choice([TENANT, TENANT, OTHER]),
+                    feature=feature,
+                    model=rng.choice([None, "m1", "m2"]),
+                    user=f"user-{rng.randrange(8)}",
+                    latency_ms=latency,
+                    time_to_first_token_ms=rng.randint(0, latency) if streamed else None,
+                    status=rng.choice(["success"] * 9 + ["error"]),
+                    input_tokens=rng.randrange(100),
+                    output_tokens=rng.randrange(100),
+                )
             )
-            for _ in range(40)
-        ]
         ingest(engine, rows)
         if batch == 8:
             run_until_idle(engine)
@@ -61,7 +67,9 @@ def data(engine: Engine, clean_tables: None) -> tuple[datetime, datetime]:
 RAW_FIGURES = """
 SELECT {key} AS key, count(*), count(*) FILTER (WHERE status = 'error'), sum(input_tokens),
        sum(output_tokens), sum(tokens_used), min(latency_ms), max(latency_ms), sum(latency_ms),
-       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms)
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY latency_ms),
+       count(time_to_first_token_ms), sum(time_to_first_token_ms),
+       percentile_disc(CAST(:quantiles AS float8[])) WITHIN GROUP (ORDER BY time_to_first_token_ms)
 FROM analytics_events
 WHERE tenant_id = :tenant AND timestamp >= :start AND timestamp < :end
   AND (CAST(:feature AS text) IS NULL OR feature_name = :feature)
@@ -92,6 +100,15 @@ def assert_figures(answer: q.Figures, row: Any) -> None:
         (answer.latency_p50_ms, answer.latency_p95_ms, answer.latency_p99_ms), row[9], strict=False
     ):
         assert within_error(estimate, exact)
+    streamed, ttft_sum, ttft_exact = row[10:13]
+    assert answer.streamed_calls == streamed
+    ttft = (answer.ttft_p50_ms, answer.ttft_p95_ms, answer.ttft_p99_ms)
+    if not streamed:
+        assert answer.ttft_avg_ms is None and ttft == (None, None, None)
+        return
+    assert answer.ttft_avg_ms == ttft_sum / streamed
+    for estimate, exact in zip(ttft, ttft_exact, strict=True):
+        assert within_error(estimate, exact)
 
 
 def test_summary_combines_days_hours_and_the_pending_tail(engine: Engine, data: tuple[datetime, datetime]) -> None:
@@ -103,6 +120,8 @@ def test_summary_combines_days_hours_and_the_pending_tail(engine: Engine, data: 
     assert [a.feature_name for a in answer] == [r[0] for r in raw] == sorted(FEATURES)
     for summary, row in zip(answer, raw, strict=False):
         assert_figures(summary, row)
+    ttft_p95 = {a.feature_name: a.ttft_p95_ms for a in answer}
+    assert ttft_p95["forecast"] is None and ttft_p95["search"] is not None and ttft_p95["summarize"] is not None
 
 
 @pytest.mark.parametrize("granularity", ["hour", "day"])
@@ -180,6 +199,10 @@ def test_api_serves_the_query_layer(engine: Engine, data: tuple[datetime, dateti
             expected = q.feature_summary(conn, TENANT, start, end)
         assert [(f["feature_name"], f["calls"], f["latency_p95_ms"]) for f in body["features"]] == [
             (s.feature_name, s.calls, s.latency_p95_ms) for s in expected
+        ]
+        ttft = ("streamed_calls", "ttft_avg_ms", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms")
+        assert [[f[name] for name in ttft] for f in body["features"]] == [
+            [getattr(s, name) for name in ttft] for s in expected
         ]
         for path in ("series", "top-users", "error-rates", "active-users"):
             assert client.get(f"/api/tenants/{TENANT}/{path}", params=params, headers=headers).status_code == 200

@@ -155,3 +155,43 @@ def test_mixed_batch_gets_per_event_answers_and_the_good_events_are_stored(
         assert get_tracker().flush(10)
         wait_for(lambda: "'stored': 0, 'duplicates': 2" in worker.log(), 30, lambda: describe(worker))
         assert len(stored()) == 2
+
+
+def test_time_to_first_token_is_documented_stored_and_refused_by_name(
+    client: TestClient, keys: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    body = client.app.openapi()["paths"]["/v1/events"]["post"]["requestBody"]
+    assert (
+        "time_to_first_token_ms" in body["content"]["application/json"]["schema"]["properties"]["events"]["description"]
+    )
+    tenant = keys["a_tenant"]
+    user = f"ttft-{uuid.uuid4().hex[:8]}"
+    base = {"feature_name": "chat", "latency_ms": 900.4}
+    events = [
+        {**base, "user_id": f"{user}-1", "time_to_first_token_ms": 212.6},  # streamed: rounded like latency_ms
+        {**base, "user_id": f"{user}-2", "time_to_first_token_ms": None},  # did not stream
+        {**base, "user_id": f"{user}-3"},  # did not stream
+        {**base, "user_id": f"{user}-4", "time_to_first_token_ms": 901},
+        {**base, "user_id": f"{user}-5", "time_to_first_token_ms": -2},
+        {**base, "user_id": f"{user}-6", "time_to_first_token_ms": "212"},
+    ]
+    with celery_worker(RABBITMQ, os.environ["INGEST_QUEUE"], log_dir=tmp_path) as worker:
+        response = client.post("/v1/events", json={"events": events}, headers=auth(keys["a"]))
+        assert response.status_code == 207, response.text
+        answer = response.json()
+        assert (answer["accepted"], answer["rejected"]) == (3, 3)
+        errors = {r["index"]: r["error"] for r in answer["results"] if r["status"] == "rejected"}
+        assert "time_to_first_token_ms" in errors[3] and "latency_ms (900)" in errors[3]
+        assert "time_to_first_token_ms" in errors[4] and "negative" in errors[4]
+        assert "time_to_first_token_ms" in errors[5] and "number" in errors[5]
+
+        def stored() -> list:
+            with engine.connect() as conn:
+                return conn.execute(
+                    text("SELECT user_id, latency_ms, time_to_first_token_ms FROM analytics_events"
+                         " WHERE tenant_id = :t AND user_id LIKE :u ORDER BY user_id"),
+                    {"t": tenant, "u": f"{user}-%"},
+                ).all()  # fmt: skip
+
+        rows = wait_for(lambda: len(s := stored()) == 3 and s, 30, lambda: describe(worker, stored=stored()))
+    assert [tuple(row) for row in rows] == [(f"{user}-1", 900, 213), (f"{user}-2", 900, None), (f"{user}-3", 900, None)]
