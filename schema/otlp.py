@@ -19,6 +19,9 @@ to it (and to a reported total that is then less than input + output). An
 excluding count whose cache is smaller than its input cannot be told apart and
 is taken as including.
 
+A streamed call's ``gen_ai.response.time_to_first_chunk`` (seconds) becomes
+``time_to_first_token_ms``.
+
 ``event_id`` is a UUID (version 5) of the trace id and span id, and the
 timestamp is the span's start: an exporter's retry of a batch yields the same
 keys, so nothing is stored twice.
@@ -55,6 +58,9 @@ REASONING_TOKENS: Final = (
     "llm.token_count.completion_details.reasoning",
 )
 TOTAL_TOKENS: Final = ("gen_ai.usage.total_tokens", "llm.token_count.total")
+# Seconds from the request to the first chunk of a streamed answer (GenAI conventions; the second, an older name).
+TIME_TO_FIRST_CHUNK: Final = ("gen_ai.response.time_to_first_chunk", "gen_ai.response.time_to_first_token")
+MS_PER_S: Final = 1000
 TOKEN_ATTRIBUTES: Final = (
     *INPUT_TOKENS, *OUTPUT_TOKENS, *CACHE_READ_TOKENS, *CACHE_WRITE_TOKENS, *REASONING_TOKENS, *TOTAL_TOKENS,
 )  # fmt: skip
@@ -136,6 +142,17 @@ def _count(values: dict[str, Any], names: Sequence[str]) -> int | None:
     if type(value) is not int:
         raise InvalidSpan(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     return value
+
+
+def _milliseconds(values: dict[str, Any], names: Sequence[str]) -> float | None:
+    """An attribute in seconds as milliseconds (unrounded: track() rounds it as it rounds the latency)."""
+    found = _first(values, names)
+    if found is None:
+        return None
+    name, value = found
+    if type(value) is not int and type(value) is not float:
+        raise InvalidSpan(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
+    return value * MS_PER_S
 
 
 def _text(values: dict[str, Any], names: Sequence[str]) -> str | None:
@@ -225,6 +242,7 @@ def map_span(span: Span, resource_values: dict[str, Any], mapping: SpanMapping) 
         "cache_write_tokens": cache_write,
         "reasoning_tokens": _count(values, REASONING_TOKENS) or 0,
         "latency_ms": round((span.end_time_unix_nano - span.start_time_unix_nano) / NS_PER_MS),
+        "time_to_first_token_ms": _milliseconds(values, TIME_TO_FIRST_CHUNK),
         "status": "error" if error else "success",
         "error_type": _error_type(span, values) if error else None,
         "timestamp": _timestamp(span.start_time_unix_nano),

@@ -72,6 +72,7 @@ def test_current_genai_names_map_to_every_field() -> None:
         "cache_write_tokens": 100,
         "reasoning_tokens": 120,
         "latency_ms": 1234,
+        "time_to_first_token_ms": None,  # not streamed
         "status": "success",
         "error_type": None,
         "timestamp": datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC),
@@ -207,3 +208,15 @@ def test_event_ids_are_deterministic_and_differ_per_span() -> None:
 
 def test_attribute_names_setting() -> None:
     assert attribute_names(" app.feature, ,gen_ai.agent.name ,") == ("app.feature", "gen_ai.agent.name")
+
+
+def test_time_to_first_chunk_in_seconds_becomes_time_to_first_token_ms() -> None:
+    assert mapped({"gen_ai.request.model": "m", "gen_ai.response.time_to_first_chunk": 0.25})[
+        "time_to_first_token_ms"
+    ] == pytest.approx(250)
+    assert (
+        mapped({"gen_ai.request.model": "m", "gen_ai.response.time_to_first_token": 2})["time_to_first_token_ms"]
+        == 2000
+    )
+    with pytest.raises(InvalidSpan, match=re.escape("gen_ai.response.time_to_first_chunk must be a number of seconds")):
+        map_span(span({"gen_ai.request.model": "m", "gen_ai.response.time_to_first_chunk": "fast"}), {}, MAPPING)

@@ -45,7 +45,8 @@ STORE_TIMEOUT_S = 30
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
 COLUMNS = ("feature_name", "user_id", "model", "provider", "input_tokens", "output_tokens", "tokens_used",
-           "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status", "error_type")  # fmt: skip
+           "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status", "error_type",
+           "time_to_first_token_ms")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,13 @@ class Sent:
 
 
 def _event(feature: str, user: str, model: str | None, provider: str | None, tokens: tuple[int, ...],
-           latency_ms: int, status: str = "success", error_type: str | None = None) -> dict[str, Any]:  # fmt: skip
+           latency_ms: int, status: str = "success", error_type: str | None = None,
+           ttft_ms: int | None = None) -> dict[str, Any]:  # fmt: skip
     inp, out, used, cache_read, cache_write, reasoning = tokens
     return {"feature_name": feature, "user_id": user, "model": model, "provider": provider, "input_tokens": inp,
             "output_tokens": out, "tokens_used": used, "cache_read_tokens": cache_read,
             "cache_write_tokens": cache_write, "reasoning_tokens": reasoning, "latency_ms": latency_ms,
-            "status": status, "error_type": error_type}  # fmt: skip
+            "status": status, "error_type": error_type, "time_to_first_token_ms": ttft_ms}  # fmt: skip
 
 
 RESOURCE_USER = "resource-user"
@@ -75,8 +77,9 @@ SPANS = (
         "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 1000,
         "gen_ai.usage.output_tokens": 200, "gen_ai.usage.cache_read.input_tokens": 600,
         "gen_ai.usage.cache_creation.input_tokens": 100, "gen_ai.usage.reasoning.output_tokens": 50,
-        "app.feature": "summarization", "user.id": "u1"}, 812,
-        _event("summarization", "u1", "gpt-4o-2024-08-06", "openai", (1000, 200, 1200, 600, 100, 50), 812)),
+        "gen_ai.response.time_to_first_chunk": 0.3, "app.feature": "summarization", "user.id": "u1"}, 812,
+        _event("summarization", "u1", "gpt-4o-2024-08-06", "openai", (1000, 200, 1200, 600, 100, 50), 812,
+               ttft_ms=300)),
     # Older names; Anthropic's raw usage (input excludes the cache); the user from the resource.
     Sent("chat claude", {
         "gen_ai.system": "anthropic", "gen_ai.request.model": "claude-3-5-haiku",
@@ -100,9 +103,10 @@ SPANS = (
                                 "gen_ai.usage.reasoning.output_tokens": 6}, 10, None),
     Sent("chat bad-negative", {"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": -3}, 10, None),
     Sent("chat bad-type", {"gen_ai.request.model": "m", "gen_ai.usage.input_tokens": "many"}, 10, None),
+    Sent("chat bad-ttft", {"gen_ai.request.model": "m", "gen_ai.response.time_to_first_chunk": 5.0}, 10, None),
 )  # fmt: skip
 STORED = [s for s in SPANS if s.expected is not None]
-REJECTED = 3
+REJECTED = 4
 SKIPPED = 1
 
 
@@ -179,6 +183,7 @@ def _check_partial_success(rejected: int, message: str) -> None:
     assert "reasoning_tokens (6) is more than output_tokens (5)" in message
     assert "input_tokens must not be negative" in message
     assert "gen_ai.usage.input_tokens must be an integer, got str 'many'" in message
+    assert "time_to_first_token_ms (5000) is more than latency_ms (10)" in message
     assert f"{SKIPPED} span(s) skipped" in message
 
 
