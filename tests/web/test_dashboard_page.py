@@ -73,6 +73,10 @@ HOURLY_PRICED_EVERY = 5
 CACHED_EVERY = 2
 CACHE_READ_TOKENS = 5
 USER_MARKUP = "<i>user</i>-"  # user ids hold markup: the page must show it as text
+# One streamed call (the first of STREAMED_FEATURE, latency 100 ms): its time to first token, sent unrounded.
+STREAMED_FEATURE = "summarization"
+STREAMED_TTFT_MS = 37.4
+TTFT_FIELDS = ("ttft_p50_ms", "ttft_p95_ms")
 
 
 @dataclass
@@ -105,6 +109,8 @@ def _event(feature: str, index: int, moment: datetime) -> dict[str, Any]:
         event["cache_read_tokens"] = CACHE_READ_TOKENS
     if failed:
         event["error_type"] = "timeout"
+    if feature == STREAMED_FEATURE and index == 0:
+        event["time_to_first_token_ms"] = STREAMED_TTFT_MS
     return event
 
 
@@ -251,6 +257,20 @@ def _api_requests(driver: webdriver.Chrome) -> list[str]:
     return ["/" + name.split("?")[0].rsplit("/", 1)[1] for name in names if "/api/tenants/" in name]
 
 
+def _summary_answer(driver: webdriver.Chrome, key: str) -> dict[str, Any]:
+    """The page's own /summary request, asked again with the same URL: the API's answer per feature."""
+    names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    [url] = [name for name in names if "/api/tenants/" in name and name.split("?")[0].endswith("/summary")]
+    response = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert response.status_code == httpx.codes.OK, response.text
+    return {row["feature_name"]: row for row in response.json()["features"]}
+
+
+def _ms_text(value: float | None) -> str:
+    """dashboard.js formatMs."""
+    return "–" if value is None else f"{value:.{1 if value < 10 else 0}f} ms"
+
+
 def _screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     assert driver.save_screenshot(str(path)), "no screenshot"
@@ -280,6 +300,22 @@ def test_dashboard_shows_what_was_sent(seeded: Seeded, browser: webdriver.Chrome
         for feature, calls in seeded.recent.items():
             assert table[feature]["calls.text"] == str(calls)
             assert int(table[feature]["tokens_used"]) == sum(15 + 2 * i for i in range(calls))
+
+        # Time to first token: the API's p50/p95 per feature, over the one streamed call (stored rounded; a single
+        # value is its own percentile), "–" for the features that never streamed.
+        answer = _summary_answer(browser, seeded.key)
+        assert answer[STREAMED_FEATURE]["streamed_calls"] == 1
+        assert (
+            answer[STREAMED_FEATURE]["ttft_p50_ms"]
+            == answer[STREAMED_FEATURE]["ttft_p95_ms"]
+            == round(STREAMED_TTFT_MS)
+        )
+        for feature in seeded.recent:
+            for name in TTFT_FIELDS:
+                value = answer[feature][name]
+                assert table[feature][f"{name}.text"] == _ms_text(value), (feature, name)
+                assert table[feature][name] == ("" if value is None else f"{value:g}"), (feature, name)
+                assert (value is None) == (feature != STREAMED_FEATURE), (feature, name)
 
         # The charts: four Chart.js instances on four canvases, a line per feature, summing to the table
         # (and the cost chart, which test_dashboard_cost_is_the_cost_api checks).

@@ -1,7 +1,8 @@
 // Dashboard page: reads /api/tenants/{tenant}/summary and /feature-series (one request for the
 // CHART_FEATURES features with the most calls) with the API key kept in sessionStorage (this tab
 // only, forgotten when it closes; never localStorage), draws one chart per metric (a line per
-// feature) and a summary table of every feature. Cost comes from /cost (per feature with the
+// feature) and a summary table of every feature (latency and, over the streamed calls, time to
+// first token). Cost comes from /cost (per feature with the
 // previous period, per model, per hour or day, per user) and /active-users; the feature and model
 // filters apply to those. Amounts arrive as decimal strings and are shown by rounding the string
 // (formatUsd), never through a float; only the chart's y-values use Number(). Everything it shows
@@ -37,6 +38,9 @@ const COLUMNS = [
   { field: "latency_p50_ms", format: formatMs },
   { field: "latency_p95_ms", format: formatMs },
   { field: "latency_p99_ms", format: formatMs },
+  // Time to first token: over the feature's streamed calls only ("–" when none streamed).
+  { field: "ttft_p50_ms", format: formatMs },
+  { field: "ttft_p95_ms", format: formatMs },
 ];
 const SUMMED = ["calls", "errors", "input_tokens", "output_tokens", "tokens_used"];
 const COST_COLUMNS = ["cost_usd", "cost_per_call_usd", "cost_per_1k_tokens_usd"];
