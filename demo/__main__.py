@@ -1,12 +1,16 @@
 """``python -m demo`` (behind ``./run``): the pipeline under a demo load, then a report.
 
 Uses the services named by DATABASE_URL / CELERY_BROKER_URL, or starts
-embedded ones; migrates; starts the Procfile's web, saas, worker, rollups, beat
-and flower; sends real requests to the stand-in SaaS app (demo.saas), which
-tracks them; tracks ``--events`` events (nine features,
+embedded ones; migrates; starts the Procfile's web, saas, provider, worker,
+rollups, beat and flower; sends real requests to the stand-in SaaS app
+(demo.saas), which calls the fake provider (demo.provider) through the openai
+client and records each call with the producer's helpers - one feature as an
+OpenTelemetry span exported to the web process's ``POST /v1/traces`` with a
+tenant key made for it; tracks ``--events`` events (nine features,
 ``--tenants`` tenants) through the producer client with a progress bar; waits
-until every one is stored; reconciles sent against stored; prints a report;
-and stops everything it started, also on Ctrl-C.
+until every one is stored, the SaaS app's included (by the event ids its
+answers carry); reconciles sent against stored; prints a report; and stops
+everything it started, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from config import get_settings
-from demo.ai import FEATURES
+from demo.ai import FEATURES, OTLP_FEATURE
 from demo.load import LoadSpec, run_load
 from demo.processes import ROOT, Processes
 from demo.services import Services, start_services
@@ -43,11 +47,13 @@ from storage.migrate import DatabaseUnreachable, migrate
 
 DEFAULT_EVENTS = 200_000
 DEFAULT_TENANTS = 20
-HTTP_SAMPLE_REQUESTS = 20
+HTTP_SAMPLE_REQUESTS = 27  # three calls of each feature
 STORE_TIMEOUT_S = 600.0
 POLL_S = 0.5
 ID_CHUNK = 10_000
-PROCESSES = ["web", "saas", "worker", "rollups", "beat", "flower"]
+PROCESSES = ["web", "saas", "provider", "worker", "rollups", "beat", "flower"]
+OTLP_KEY_NAME = "demo OTLP exporter"
+OTLP_EXPORT_DELAY_MS = "200"  # the span processor's batch delay: the demo's spans leave at once
 METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
 DASHBOARD_KEY_FILE = ROOT / "var" / "demo-api-key"  # readable by its owner only; never printed
 
@@ -74,16 +80,32 @@ def require_free_port(port: int, variable: str) -> None:
             raise DemoError(f"port {port} is taken (another ./run still up?); free it or set {variable}")
 
 
-def send_http_sample(base_url: str, tenants: list[str]) -> int:
-    answered = 0
+def send_http_sample(base_url: str, tenants: list[str]) -> list[uuid.UUID | None]:
+    """The event id of each call the SaaS app answered (None: it answered without recording one)."""
+    ids: list[uuid.UUID | None] = []
     with httpx.Client(base_url=base_url, timeout=5.0) as client:
         for i in range(HTTP_SAMPLE_REQUESTS):
+            feature = FEATURES[i % len(FEATURES)]
+            tenant = tenants[0] if feature == OTLP_FEATURE else tenants[i % len(tenants)]  # the OTLP key's tenant
             response = client.post(
-                f"/api/ai-feature/{FEATURES[i % len(FEATURES)]}",
-                json={"tenant_id": tenants[i % len(tenants)], "user_id": f"user-{i}", "input": "hello " * 20},
+                f"/api/ai-feature/{feature}", json={"tenant_id": tenant, "user_id": f"user-{i}", "input": "hello " * 20}
             )
-            answered += response.status_code in (200, 502)  # 502: the stand-in AI failed, still tracked
-    return answered
+            if response.status_code not in (200, 502):  # 502: the provider failed, still recorded
+                raise DemoError(f"the SaaS app answered {response.status_code} to {feature}: {response.text[:200]}")
+            event_id = response.json().get("event_id")
+            ids.append(uuid.UUID(event_id) if event_id else None)
+    return ids
+
+
+def otlp_exporter_env(engine: Engine, tenant: str, web: str) -> None:
+    """A fresh key of ``tenant`` for the SaaS app's OpenTelemetry exporter, in the standard OTLP variables
+    the processes inherit (an earlier run's key is revoked in the same transaction)."""
+    with Session(engine) as session, session.begin():
+        revoke_named(session, tenant_id=tenant, name=OTLP_KEY_NAME)
+        _, key = create_key(session, name=OTLP_KEY_NAME, tenant_id=tenant)
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{web}/v1/traces"
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = f"Authorization=Bearer%20{key}"
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = OTLP_EXPORT_DELAY_MS
 
 
 def wait_stored(engine: Engine, ids: list[uuid.UUID], since: datetime) -> tuple[int, int]:
@@ -124,13 +146,15 @@ def dead_letter_count(engine: Engine) -> int:
 def run(args: argparse.Namespace) -> int:
     web_port = int(os.environ.setdefault("WEB_PORT", "8000"))
     saas_port = int(os.environ.setdefault("SAAS_PORT", "8001"))
+    provider_port = int(os.environ.setdefault("PROVIDER_PORT", "8002"))
     flower_port = int(os.environ.setdefault("FLOWER_PORT", "5555"))
     require_free_port(web_port, "WEB_PORT")
     require_free_port(saas_port, "SAAS_PORT")
+    require_free_port(provider_port, "PROVIDER_PORT")
     require_free_port(flower_port, "FLOWER_PORT")
 
     services = start_services(DATA_DIR)
-    processes = Processes(PROCESSES, ROOT / "var" / "demo-processes.log")
+    processes: Processes | None = None
     engine = create_engine(services.database_url)
     try:
         for line in services.descriptions:
@@ -140,20 +164,25 @@ def run(args: argparse.Namespace) -> int:
         except DatabaseUnreachable as exc:
             raise DemoError(str(exc)) from None
         shutil.rmtree(METRICS_DIR, ignore_errors=True)  # counters of a previous run's processes
-        print(f"demo: starting {', '.join(PROCESSES)} (logs: {processes.log_path.relative_to(ROOT)})")
-        processes.start()
         web = f"http://127.0.0.1:{web_port}"
         saas = f"http://127.0.0.1:{saas_port}"
+        tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
+        otlp_exporter_env(engine, tenants[0], web)  # before the processes take their environment
+        processes = Processes(PROCESSES, ROOT / "var" / "demo-processes.log")
+        print(f"demo: starting {', '.join(PROCESSES)} (logs: {processes.log_path.relative_to(ROOT)})")
+        processes.start()
         processes.wait_http(f"{web}/health")
         processes.wait_http(f"{saas}/health")
-        tenants = LoadSpec(events=0, tenants=args.tenants).tenant_ids
+        processes.wait_http(f"http://127.0.0.1:{provider_port}/health")
         dashboard_key(engine, tenants[0])
-        print(
-            f"demo: the SaaS app answered {send_http_sample(saas, tenants)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests"
-        )
 
         dead_before = dead_letter_count(engine)
         since = datetime.now(UTC)
+        saas_ids = send_http_sample(saas, tenants)
+        print(
+            f"demo: the SaaS app answered {len(saas_ids)}/{HTTP_SAMPLE_REQUESTS} AI-feature requests"
+            f" (through the openai client; {OTLP_FEATURE} as OpenTelemetry spans to /v1/traces)"
+        )
         tracker = Tracker(get_settings())
         spec = LoadSpec(events=args.events, tenants=args.tenants, rate=args.rate)
         started = time.monotonic()
@@ -162,18 +191,21 @@ def run(args: argparse.Namespace) -> int:
         sent_s = time.monotonic() - started
         if not tracker.flush(STORE_TIMEOUT_S):
             raise DemoError("the producer could not publish the events: is the broker reachable?")
+        ids += [event_id for event_id in saas_ids if event_id is not None]
+        sent = args.events + len(saas_ids)  # a SaaS call answered without an event id counts as lost
         rows, distinct = wait_stored(engine, ids, since)
         stored_s = time.monotonic() - started
-        report(args.events, sent_s, rows, distinct, stored_s, dead_letter_count(engine) - dead_before,
+        report(sent, sent_s, rows, distinct, stored_s, dead_letter_count(engine) - dead_before,
                per_feature(engine, ids), web, saas, f"http://127.0.0.1:{flower_port}", tenants[0])  # fmt: skip
         tracker.close()
         if args.keep_running:
             print("demo: everything keeps running; Ctrl-C stops it")
             print_exports(services)
             signal.pause()
-        return 0 if (rows, distinct) == (args.events, args.events) else 1
+        return 0 if (rows, distinct) == (sent, sent) else 1
     finally:
-        processes.stop()
+        if processes is not None:
+            processes.stop()
         engine.dispose()
         services.stop()
 

@@ -1,13 +1,9 @@
-"""A stand-in for the product's AI calls: random latency, tokens and failures.
+"""The demo's AI features and models, and how the fake provider (demo.provider) answers: latency, tokens, failures.
 
-Used by the demo SaaS app (demo.saas) and the demo load (demo.load).
+Used by the demo SaaS app (demo.saas), the fake provider, and the demo load (demo.load).
 """
 
 from __future__ import annotations
-
-import asyncio
-import random
-from dataclasses import dataclass
 
 FEATURES = (
     "summarization",
@@ -38,41 +34,11 @@ ERROR_TYPES = ("timeout", "rate_limited", "provider_error")
 LATENCY_MS_RANGE = (5, 60)  # kept short so that a demo load is not bound by sleeping
 TOKENS_PER_CHAR = 0.25
 OUTPUT_TOKENS_RANGE = (20, 400)
+# The stand-in SaaS app (demo.saas) calls the fake provider through the openai client with these models.
+CHAT_MODEL = "gpt-4o-mini"
+STREAMED_FEATURES = frozenset({"content_generation", "smart_search"})  # read as a stream (time to first token)
+OTLP_FEATURE = "anomaly_detection"  # recorded as an OpenTelemetry span exported to POST /v1/traces
 
 
-class AICallFailed(Exception):
-    def __init__(self, error_type: str) -> None:
-        super().__init__(error_type)
-        self.error_type = error_type
-
-
-@dataclass(frozen=True)
-class AIResult:
-    text: str
-    model: str
-    input_tokens: int  # cache reads included (OpenTelemetry GenAI)
-    output_tokens: int  # reasoning included
-    cache_read_tokens: int = 0
-    reasoning_tokens: int = 0
-    provider: str | None = None
-
-
-async def call_feature(feature: str, prompt: str, error_rate: float) -> AIResult:
-    await asyncio.sleep(random.uniform(*LATENCY_MS_RANGE) / 1000)
-    if random.random() < error_rate:
-        raise AICallFailed(random.choice(ERROR_TYPES))
-    input_tokens = max(1, int(len(prompt) * TOKENS_PER_CHAR))
-    output_tokens = random.randint(*OUTPUT_TOKENS_RANGE)
-    model = REASONING_MODEL if feature in REASONING_FEATURES else random.choice(MODELS)
-    cached = random.random() < CACHED_SHARE
-    cache_read_tokens = int(input_tokens * random.uniform(*CACHED_PREFIX_RANGE)) if cached else 0
-    reasoning = int(output_tokens * random.uniform(*REASONING_SHARE_RANGE)) if model == REASONING_MODEL else 0
-    return AIResult(
-        text=f"[{feature}] stand-in answer",
-        model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read_tokens,
-        reasoning_tokens=reasoning,
-        provider=PROVIDERS[model],
-    )
+def model_for(feature: str) -> str:
+    return REASONING_MODEL if feature in REASONING_FEATURES else CHAT_MODEL
