@@ -138,7 +138,7 @@ def test_report_prints_the_tenants_tables(engine: Engine) -> None:
     from sqlalchemy.orm import Session
 
     from config import get_settings
-    from schema.event import WIRE_FIELDS, parse_wire_row
+    from schema.event import WIRE_FIELDS_V1, parse_wire_row
     from storage.events import store_batch
     from storage.rollups import run_until_idle
 
@@ -147,7 +147,7 @@ def test_report_prints_the_tenants_tables(engine: Engine) -> None:
     wires = [[uuid.uuid4().hex, tenant, "forecasting", f"user-{i % 3}", None, 5, 5, None, 100, "success", None,
               now_us - i] for i in range(30)]  # fmt: skip
     with Session(engine) as session, session.begin():
-        store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires], get_settings())
+        store_batch(session, [(parse_wire_row(WIRE_FIELDS_V1, w), w) for w in wires], get_settings())
     run_until_idle(engine)
     result = CliRunner().invoke(cli, ["report", "--tenant", tenant])
     assert result.exit_code == 0, result.output
@@ -248,7 +248,7 @@ def test_control_characters_of_stored_names_are_printed_escaped(engine: Engine) 
     from sqlalchemy.orm import Session
 
     from config import get_settings
-    from schema.event import WIRE_FIELDS, parse_wire_row
+    from schema.event import WIRE_FIELDS_V1, parse_wire_row
     from storage.dead_letters import Rejected, record
     from storage.events import store_batch
     from storage.rollups import run_until_idle
@@ -259,7 +259,7 @@ def test_control_characters_of_stored_names_are_printed_escaped(engine: Engine) 
               None, now_us - i] for i in range(3)]  # fmt: skip
     reason = f"test {tenant}: feature {HOSTILE_FEATURE} refused"
     with Session(engine) as session, session.begin():
-        assert store_batch(session, [(parse_wire_row(WIRE_FIELDS, w), w) for w in wires], get_settings()).stored == 3
+        assert store_batch(session, [(parse_wire_row(WIRE_FIELDS_V1, w), w) for w in wires], get_settings()).stored == 3
         record(session, [Rejected(payload={"feature_name": HOSTILE_FEATURE, "tenant": tenant}, reason=reason)])
     run_until_idle(engine)
     runner = CliRunner()
