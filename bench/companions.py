@@ -76,6 +76,13 @@ COMPANIONS: dict[str, Companion] = {
         " of the tenants by cost, the time from a new override to the API's new figure, and one tenant-month"
         " against its events priced one by one with genai-prices",
     ),
+    "otlp": Companion(
+        "otlp",
+        "bench.otlp",
+        ("--quick",),
+        "OpenTelemetry spans accepted by one web process at POST /v1/traces in batches of 512 from 4 concurrent"
+        " clients, protobuf then JSON, stored by the Procfile's worker and reconciled span by span",
+    ),
 }
 
 
@@ -213,12 +220,28 @@ def _cost_figures(values: dict[str, float]) -> list[Figure]:
     return [Figure(fig.name, fig.value, fig.shown, fig.target, fig.ok) for fig in figure_rows(values)]
 
 
+def _otlp_figures(values: dict[str, float]) -> list[Figure]:
+    from bench.otlp import TARGET_SPANS_PER_S
+    from bench.report import Figure
+
+    proto, json_ = values["otlp_spans_per_s"], values["otlp_json_spans_per_s"]
+    lost, duplicated = values["lost"], values["duplicated"]
+    return [
+        Figure("otlp_spans_per_s", proto, f"{proto:,.0f}", f">= {TARGET_SPANS_PER_S:,} (protobuf)",
+               proto >= TARGET_SPANS_PER_S),
+        Figure("otlp_json_spans_per_s", json_, f"{json_:,.0f}", "reference (OTLP/JSON)", None),
+        Figure("lost / duplicated", lost + duplicated, f"{lost:.0f} / {duplicated:.0f}", "0 / 0",
+               lost == 0 and duplicated == 0),
+    ]  # fmt: skip
+
+
 FIGURES: dict[str, Callable[[dict[str, float]], list[Figure]]] = {
     "rollups": _rollup_figures,
     "partitions": _partition_figures,
     "faults": _fault_figures,
     "small_producers": _small_producer_figures,
     "cost": _cost_figures,
+    "otlp": _otlp_figures,
 }
 
 
