@@ -290,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
               "cost_mismatch_usd": float(mismatch), "cost_mismatch_hour_grain_usd": float(hour_grain)}  # fmt: skip
     figures = figure_rows(values)
     print()
-    print(f"{'figure':<30}{'value':>16}  {'target':<44}ok")
+    print(f"{'figure':<30}{'value':>16}  {'target':<46}ok")
     for fig in figures:
         verdict = "-" if fig.ok is None else "yes" if fig.ok else "NO"
-        print(f"{fig.name:<30}{fig.shown:>16}  {fig.target:<44}{verdict}")
+        print(f"{fig.name:<30}{fig.shown:>16}  {fig.target:<46}{verdict}")
     print(f"bench time {time.monotonic() - bench_started:.0f}s")
     print(result_line(summary_ms, tenants_ms, reprice_s, mismatch, hour_grain))
     missed = any(fig.ok is False for fig in figures)
