@@ -46,13 +46,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from bench import cost_check
@@ -67,11 +66,10 @@ from bench.cost_data import (
     planned_overrides,
     tenant_name,
 )
-from bench.rollups import Loader, log, recreate, table_rows, timed_rollup, vacuum
-from config import get_settings
+from bench.rollups import Loader, fresh_database, log, table_rows, timed_rollup, vacuum
 from queries.cost import cost_by, tenants_by_cost
 from queries.rollups import snapshot
-from storage.partitions import Month, ensure_months
+from storage.partitions import Month
 
 FULL_EVENTS = 20_000_000
 QUICK_EVENTS = 1_000_000
@@ -151,15 +149,6 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 # --- steps ---------------------------------------------------------------------------------
-
-
-def prepare_months(engine: Engine, origin: datetime, now: datetime) -> None:
-    with engine.begin() as conn:
-        months, month = [], Month.of(origin)
-        while month.start <= now + timedelta(days=1):
-            months.append(month)
-            month = month.shift(1)
-        ensure_months(conn, months)
 
 
 def set_prices(engine: Engine, overrides: list[PlannedOverride]) -> float:
@@ -249,14 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 2 if a target is missed")
     args = parser.parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    url = make_url(get_settings().database_url).set(database=args.database).render_as_string(hide_password=False)
     bench_started = time.monotonic()
 
     log(f"bench.cost: database {args.database}, {events:,} events over {SPAN.days} days, {TENANTS:,} tenants")
-    engine = recreate(url)
-    now = datetime.now(UTC).replace(microsecond=0)
-    origin = now - SPAN
-    prepare_months(engine, origin, now)
+    url, engine, origin, now = fresh_database(args.database, SPAN)
     loader = Loader(engine, sql=LOAD_SQL, params=load_params())
     seconds = loader.load(events, origin, now, 0.0, (origin, now))
     log(f"  loaded in {seconds:.0f}s ({events / seconds:,.0f} events/s)")

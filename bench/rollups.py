@@ -201,6 +201,22 @@ def recreate(url: str) -> Engine:
     return create_engine(url, pool_size=LOAD_JOBS + 1)
 
 
+def fresh_database(database: str, span: timedelta) -> tuple[str, Engine, datetime, datetime]:
+    """``database`` on the Settings' server dropped and migrated afresh, with the monthly partitions of a load
+    spanning ``span`` up to now (and tomorrow): (url, engine, origin, now), now to the second."""
+    url = make_url(get_settings().database_url).set(database=database).render_as_string(hide_password=False)
+    engine = recreate(url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    origin = now - span
+    with engine.begin() as conn:
+        months, month = [], Month.of(origin)
+        while month.start <= now + timedelta(days=1):
+            months.append(month)
+            month = month.shift(1)
+        ensure_months(conn, months)
+    return url, engine, origin, now
+
+
 def vacuum(engine: Engine) -> float:
     started = time.monotonic()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -260,19 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     base, increment = args.base or sizes["base"], args.increment or sizes["increment"]
-    url = make_url(get_settings().database_url).set(database=args.database).render_as_string(hide_password=False)
     bench_started = time.monotonic()
 
     log(f"bench.rollups: database {args.database}, base {base:,}, increments {increment:,}")
-    engine = recreate(url)
-    now = datetime.now(UTC).replace(microsecond=0)
-    origin = now - SPAN
-    with engine.begin() as conn:
-        months, month = [], Month.of(origin)
-        while month.start <= now + timedelta(days=1):
-            months.append(month)
-            month = month.shift(1)
-        ensure_months(conn, months)
+    _, engine, origin, now = fresh_database(args.database, SPAN)
     loader = Loader(engine)
     late = (origin, now - INCREMENT_SPAN)
     results: dict[str, float] = {}
