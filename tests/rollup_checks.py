@@ -11,7 +11,7 @@ input), not with schema.bands' CASE expression that the rollups use.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -188,61 +188,35 @@ Key = tuple[str, datetime, str, str, str, int]
 BANDS = {"bands": list(INPUT_BANDS)}
 
 
+KEY_WIDTH = 6  # the key columns that start the rows of EXPECTED_CELLS and STORED_CELLS
+SUMS_END = KEY_WIDTH + 11  # then calls .. latency_max, the figures both queries give as they are
+
+
+def _cell(
+    row: Sequence[Any], histogram: LatencyHistogram, ttft: Sequence[Any], ttft_histogram: LatencyHistogram
+) -> Cell:
+    """A Cell of a row's figures (calls .. latency_max), its latency histogram, TTFT figures and TTFT histogram."""
+    return Cell(*row[KEY_WIDTH:SUMS_END], histogram, *ttft, ttft_histogram)
+
+
 def expected_cells(conn: Connection, unit: str) -> dict[Key, Cell]:
-    cells = {}
+    cells: dict[Any, Cell] = {}
     for row in conn.execute(text(EXPECTED_CELLS), {"unit": unit, **BANDS}):
-        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning, lat_sum, lat_min, lat_max, lats = (
-            row[:-5]
-        )
-        streamed, ttft_sum, ttft_min, ttft_max, ttfts = row[-5:]
-        cells[tuple(key)] = Cell(
-            calls,
-            errors,
-            inp,
-            out,
-            tokens,
-            cache_read,
-            cache_write,
-            reasoning,
-            lat_sum,
-            lat_min,
-            lat_max,
-            LatencyHistogram.from_latencies(lats),
-            streamed,
-            ttft_sum,
-            ttft_min,
-            ttft_max,
-            LatencyHistogram.from_latencies(ttfts),
-        )
-    return cells  # type: ignore[return-value]
+        # After the figures: the latencies, the four TTFT figures, the TTFTs.
+        lats, ttft, ttfts = row[SUMS_END], row[SUMS_END + 1 : -1], row[-1]
+        histograms = LatencyHistogram.from_latencies(lats), LatencyHistogram.from_latencies(ttfts)
+        cells[tuple(row[:KEY_WIDTH])] = _cell(row, histograms[0], ttft, histograms[1])
+    return cells
 
 
 def stored_cells(conn: Connection, table: str) -> dict[Key, Cell]:
-    cells = {}
+    cells: dict[Any, Cell] = {}
     for row in conn.execute(text(STORED_CELLS.format(table=table))):
-        *key, calls, errors, inp, out, tokens, cache_read, cache_write, reasoning = row[:14]
-        lat_sum, lat_min, lat_max, buckets, counts = row[14:19]
-        streamed, ttft_sum, ttft_min, ttft_max, ttft_buckets, ttft_counts = row[19:]
-        cells[tuple(key)] = Cell(
-            calls,
-            errors,
-            inp,
-            out,
-            tokens,
-            cache_read,
-            cache_write,
-            reasoning,
-            lat_sum,
-            lat_min,
-            lat_max,
-            LatencyHistogram.of(buckets, counts),
-            streamed,
-            ttft_sum,
-            ttft_min,
-            ttft_max,
-            LatencyHistogram.of(ttft_buckets, ttft_counts),
-        )
-    return cells  # type: ignore[return-value]
+        # After the figures: the latency histogram's buckets and counts, the four TTFT figures, its buckets and counts.
+        buckets, counts, ttft = row[SUMS_END], row[SUMS_END + 1], row[SUMS_END + 2 : -2]
+        histograms = LatencyHistogram.of(buckets, counts), LatencyHistogram.of(row[-2], row[-1])
+        cells[tuple(row[:KEY_WIDTH])] = _cell(row, histograms[0], ttft, histograms[1])
+    return cells
 
 
 def within_error(estimate: float | None, exact: float) -> bool:

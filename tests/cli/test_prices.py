@@ -50,38 +50,10 @@ def test_set_list_history_and_correction(engine: Engine) -> None:
     assert code == 0, out
     code, out = run("prices", "list", "--tenant", tenant, "--model", model)
     assert "override" in out and "1.5" in out and "UNPRICED" not in out
-    code, out = run(
-        "prices",
-        "set",
-        model,
-        "--input",
-        "2",
-        "--output",
-        "3",
-        "--from",
-        "2020-01-01",
-        "--reason",
-        "fix",
-        "--tenant",
-        tenant,
-    )
+    correction = ("prices", "set", model, "--input", "2", "--output", "3", "--from", "2020-01-01")
+    code, out = run(*correction, "--reason", "fix", "--tenant", tenant)
     assert code != 0 and "--replace" in out
-    code, out = run(
-        "prices",
-        "set",
-        model,
-        "--input",
-        "2",
-        "--output",
-        "3",
-        "--from",
-        "2020-01-01",
-        "--reason",
-        "fix",
-        "--tenant",
-        tenant,
-        "--replace",
-    )
+    code, out = run(*correction, "--reason", "fix", "--tenant", tenant, "--replace")
     assert code == 0, out
     code, out = run("prices", "history", "--tenant", tenant, "--model", model)
     assert out.count(model) == 2 and "superseded by" in out
