@@ -132,34 +132,45 @@ ALL_TENANTS = {"tenant": "", "tail_tenant": ""}
 # --- pricing ------------------------------------------------------------------
 
 # One rate row is in force for a cell: the tenant's own schedule if it has one for the pair, else the global one.
+# Cells are first given the band and hour their pair is priced by (-1: the pair's price does not depend on
+# it), so that the rate row in force is found by equality on (tenant, model, provider, band, hour) and one
+# range test; then summed per key and model, and the few (key, model) rows per key summed last.
 PRICED_QUERY = """
 WITH cells AS MATERIALIZED ({cells}),
-priced AS (
-    SELECT {key} AS key, c.model, c.calls, c.tokens_used,
-           p.model IS NOT NULL AS priced,
-           COALESCE(p.approximate OR (c.hour < 0 AND p.hour_of_day >= 0), false) AS approximate,
-           ((c.input_tokens - c.cache_read_tokens - c.cache_write_tokens) * p.input_per_mtok
-            + c.cache_read_tokens * p.cache_read_per_mtok + c.cache_write_tokens * p.cache_write_per_mtok
-            + (c.output_tokens - c.reasoning_tokens) * p.output_per_mtok
-            + c.reasoning_tokens * p.reasoning_per_mtok) * 0.000001
-           + c.calls * p.call_fee AS cost
-    FROM cells c
+kinds AS (
+    SELECT model, provider, bool_or(input_band >= 0) AS tiered, bool_or(hour_of_day >= 0) AS hourly
+    FROM cost_rates GROUP BY model, provider),
+shaped AS (
+    SELECT {key} AS key, c.tenant_id, c.model, c.provider, c.bucket, c.calls, c.tokens_used,
+           CASE WHEN k.tiered THEN c.input_band ELSE -1 END AS band,
+           CASE WHEN NOT k.hourly OR k.hourly IS NULL THEN -1 WHEN c.hour >= 0 THEN c.hour
+                ELSE :fallback_hour END AS hour,
+           COALESCE(k.hourly AND c.hour < 0, false) AS day_cell,
+           c.input_tokens - c.cache_read_tokens - c.cache_write_tokens AS uncached, c.cache_read_tokens,
+           c.cache_write_tokens, c.output_tokens - c.reasoning_tokens AS plain_output, c.reasoning_tokens
+    FROM cells c LEFT JOIN kinds k ON k.model = c.model AND k.provider = c.provider),
+per_model AS (
+    SELECT c.key, c.model, sum(c.calls) AS calls, sum(c.tokens_used) AS tokens_used,
+           sum((c.uncached * p.input_per_mtok + c.cache_read_tokens * p.cache_read_per_mtok
+                + c.cache_write_tokens * p.cache_write_per_mtok + c.plain_output * p.output_per_mtok
+                + c.reasoning_tokens * p.reasoning_per_mtok) * 0.000001 + c.calls * p.call_fee) AS cost,
+           COALESCE(sum(c.calls) FILTER (WHERE p.model IS NOT NULL), 0) AS priced_calls,
+           COALESCE(sum(c.tokens_used) FILTER (WHERE p.model IS NOT NULL), 0) AS priced_tokens,
+           COALESCE(bool_or(p.approximate OR c.day_cell), false) AS approximate
+    FROM shaped c
     LEFT JOIN cost_rate_scopes s
            ON s.tenant_id = c.tenant_id AND s.model = c.model AND s.provider = c.provider
     LEFT JOIN cost_rates p
            ON p.tenant_id = COALESCE(s.tenant_id, '') AND p.model = c.model AND p.provider = c.provider
-          AND p.input_band IN (-1, c.input_band)
-          AND p.hour_of_day IN (-1, CASE WHEN c.hour >= 0 THEN c.hour ELSE :fallback_hour END)
-          AND c.bucket >= p.valid_from AND c.bucket < p.valid_to)
-SELECT key, sum(calls)::bigint AS calls, sum(tokens_used)::bigint AS tokens_used,
-       sum(cost) AS cost,
-       COALESCE(sum(calls) FILTER (WHERE priced), 0)::bigint AS priced_calls,
-       COALESCE(sum(tokens_used) FILTER (WHERE priced), 0)::bigint AS priced_tokens,
-       COALESCE(sum(calls) FILTER (WHERE NOT priced), 0)::bigint AS unpriced_calls,
-       COALESCE(sum(tokens_used) FILTER (WHERE NOT priced), 0)::bigint AS unpriced_tokens,
-       COALESCE(array_agg(DISTINCT model ORDER BY model) FILTER (WHERE NOT priced), '{{}}') AS unpriced_models,
+          AND p.input_band = c.band AND p.hour_of_day = c.hour
+          AND c.bucket >= p.valid_from AND c.bucket < p.valid_to
+    GROUP BY c.key, c.model)
+SELECT key, sum(calls)::bigint AS calls, sum(tokens_used)::bigint AS tokens_used, sum(cost) AS cost,
+       sum(priced_calls)::bigint AS priced_calls, sum(priced_tokens)::bigint AS priced_tokens,
+       sum(calls - priced_calls)::bigint AS unpriced_calls, sum(tokens_used - priced_tokens)::bigint AS unpriced_tokens,
+       COALESCE(array_agg(model ORDER BY model) FILTER (WHERE calls > priced_calls), '{{}}') AS unpriced_models,
        bool_or(approximate) AS approximate
-FROM priced GROUP BY key ORDER BY {order} LIMIT :row_limit"""
+FROM per_model GROUP BY key ORDER BY {order} LIMIT :row_limit"""
 KEYS: dict[CostGroup | Literal["tenant"], str] = {
     "total": "'total'",
     "feature": "c.feature_name",

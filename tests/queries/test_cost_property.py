@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -189,9 +189,30 @@ def _reset_prices(engine: Engine) -> None:
     KNOWN.clear()
 
 
+def _spec(pair: tuple[str, str], tenant: str, input_tokens: int, offset_s: int) -> dict[str, Any]:
+    return {"tenant": tenant, "feature": "chat", "pair": pair, "user": "u1", "input_tokens": input_tokens,
+            "output_tokens": 1_000, "cache_share": (20, 40), "reasoning_share": 30, "offset_s": offset_s}  # fmt: skip
+
+
+# Always tried, whatever hypothesis draws: every kind of model, tiered ones over their 200K tier, on
+# both sides of the overrides' dates and of gpt-5.6-sol's catalog price change.
+EVERY_KIND = {
+    "specs": [
+        _spec(pair, tenant, size, offset)
+        for pair in PAIRS
+        for tenant in TENANTS
+        for size in (3_000, 250_000)
+        for offset in (3_600, SPAN_S - 3_600)
+    ],
+    "batch": 5,
+    "pending_tail": True,
+}
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(scenario=scenarios)
+@example(scenario=EVERY_KIND)
 def test_cost_figures_equal_events_priced_one_by_one(engine: Engine, scenario: dict[str, Any]) -> None:
     ensure_months_for(engine, EARLIEST - timedelta(days=1), NOW + timedelta(days=1))
     _reset_prices(engine)
