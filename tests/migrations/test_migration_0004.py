@@ -10,18 +10,12 @@ again work too.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+from devtools.scratch_db import ScratchDatabase, add_month_partitions
+
 PARTITIONS = 60  # months 2001-01 .. 2005-12
 ROWS_PER_PARTITION = 200
 TENANTS = ("mig-a", "mig-b", "mig-c")
@@ -29,41 +23,10 @@ NEW_KEY = ["event_id", "tenant_id", "timestamp"]
 OLD_KEY = ["event_id", "timestamp"]
 
 
-@pytest.fixture
-def scratch_url() -> Iterator[str]:
-    base = make_url(os.environ["DATABASE_URL"])
-    name = f"{base.database}_m0004"
-    admin = create_engine(os.environ["ANALYTICS_ADMIN_DATABASE_URL"], isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def alembic(url: str) -> Config:
-    config = Config(str(ALEMBIC_INI))
-    config.attributes["database_url"] = url
-    return config
-
-
 def fill(engine: Engine) -> int:
     """Partitions and rows as a 0003 database has them; returns the number of rows."""
     with engine.begin() as conn:
-        for i in range(PARTITIONS):
-            year, month = 2001 + i // 12, i % 12 + 1
-            start = f"{year:04d}-{month:02d}-01"
-            end = f"{year + month // 12:04d}-{month % 12 + 1:02d}-01"
-            conn.execute(
-                text(
-                    f"CREATE TABLE analytics_events_{year:04d}_{month:02d} PARTITION OF analytics_events"
-                    f" FOR VALUES FROM ('{start}') TO ('{end}')"
-                )
-            )
+        add_month_partitions(conn, PARTITIONS)
         conn.execute(
             text(
                 "INSERT INTO analytics_events (event_id, timestamp, tenant_id, feature_name, user_id, model,"
@@ -118,47 +81,43 @@ def insert_copy_as(engine: Engine, tenant: str) -> None:
         )
 
 
-def test_upgrade_of_a_filled_database_makes_the_key_tenant_scoped(scratch_url: str) -> None:
-    config = alembic(scratch_url)
-    command.upgrade(config, "0003")
-    engine = create_engine(scratch_url)
-    try:
-        rows = fill(engine)
-        before = primary_keys(engine)
-        assert before["analytics_events"] == OLD_KEY and len(before) == PARTITIONS + 1
-        with pytest.raises(IntegrityError):  # the old key: another tenant's copy is a duplicate
-            insert_copy_as(engine, "mig-other")
+def test_upgrade_of_a_filled_database_makes_the_key_tenant_scoped(scratch: ScratchDatabase) -> None:
+    engine = scratch.engine
+    scratch.upgrade("0003")
+    rows = fill(engine)
+    before = primary_keys(engine)
+    assert before["analytics_events"] == OLD_KEY and len(before) == PARTITIONS + 1
+    with pytest.raises(IntegrityError):  # the old key: another tenant's copy is a duplicate
+        insert_copy_as(engine, "mig-other")
 
-        command.upgrade(config, "0004")
+    scratch.upgrade("0004")
 
-        after = primary_keys(engine)
-        assert len(after) == PARTITIONS + 1 and all(columns == NEW_KEY for columns in after.values()), after
-        assert unattached_partition_keys(engine) == 0
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM analytics_events")).scalar_one() == rows
-            leftovers = conn.execute(text("SELECT count(*) FROM pg_class WHERE relname LIKE '%_tenant_key'")).scalar()
-            assert leftovers == 0  # every new index became its partition's primary key
-            expected = set(
-                conn.execute(
-                    text(
-                        "SELECT DISTINCT tenant_id, 'feature', feature_name FROM analytics_events UNION"
-                        " SELECT DISTINCT tenant_id, 'model', model FROM analytics_events WHERE model IS NOT NULL"
-                    )
-                ).all()
-            )
-            catalog = set(conn.execute(text("SELECT tenant_id, kind, name FROM tenant_names")).all())
-        assert catalog == expected and len(catalog) == len(TENANTS) * (7 + 4)
+    after = primary_keys(engine)
+    assert len(after) == PARTITIONS + 1 and all(columns == NEW_KEY for columns in after.values()), after
+    assert unattached_partition_keys(engine) == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM analytics_events")).scalar_one() == rows
+        leftovers = conn.execute(text("SELECT count(*) FROM pg_class WHERE relname LIKE '%_tenant_key'")).scalar()
+        assert leftovers == 0  # every new index became its partition's primary key
+        expected = set(
+            conn.execute(
+                text(
+                    "SELECT DISTINCT tenant_id, 'feature', feature_name FROM analytics_events UNION"
+                    " SELECT DISTINCT tenant_id, 'model', model FROM analytics_events WHERE model IS NOT NULL"
+                )
+            ).all()
+        )
+        catalog = set(conn.execute(text("SELECT tenant_id, kind, name FROM tenant_names")).all())
+    assert catalog == expected and len(catalog) == len(TENANTS) * (7 + 4)
 
-        insert_copy_as(engine, "mig-other")  # now a separate event
-        with pytest.raises(IntegrityError):  # the same tenant's copy is still a duplicate
-            insert_copy_as(engine, "mig-other")
+    insert_copy_as(engine, "mig-other")  # now a separate event
+    with pytest.raises(IntegrityError):  # the same tenant's copy is still a duplicate
+        insert_copy_as(engine, "mig-other")
 
-        # Down and up again: the old key comes back once the cross-tenant copy is gone.
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM analytics_events WHERE tenant_id = 'mig-other'"))
-        command.downgrade(config, "0003")
-        assert set(map(tuple, primary_keys(engine).values())) == {tuple(OLD_KEY)}
-        command.upgrade(config, "0004")
-        assert set(map(tuple, primary_keys(engine).values())) == {tuple(NEW_KEY)}
-    finally:
-        engine.dispose()
+    # Down and up again: the old key comes back once the cross-tenant copy is gone.
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM analytics_events WHERE tenant_id = 'mig-other'"))
+    scratch.downgrade("0003")
+    assert set(map(tuple, primary_keys(engine).values())) == {tuple(OLD_KEY)}
+    scratch.upgrade("0004")
+    assert set(map(tuple, primary_keys(engine).values())) == {tuple(NEW_KEY)}

@@ -11,24 +11,17 @@ cells roll up onto them. Downgrading drops the columns and the check again.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from devtools.scratch_db import ScratchDatabase, add_pending_events, open_pending_batch
 from storage.histogram import LatencyHistogram
 from storage.rollups import run_until_idle
 from tests.rollup_checks import assert_rollups_match_raw
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 MONTHS = 3  # 2001-01 .. 2001-03
 ROWS_PER_MONTH = 50
 TENANT = "mig9"
@@ -49,62 +42,21 @@ TTFT_COLUMNS = (
     " AND (column_name LIKE 'ttft%' OR column_name IN ('streamed_calls', 'time_to_first_token_ms'))"
 )
 
-
-@pytest.fixture
-def scratch_url() -> Iterator[str]:
-    base = make_url(os.environ["DATABASE_URL"])
-    name = f"{base.database}_m0009"
-    admin = create_engine(os.environ["ANALYTICS_ADMIN_DATABASE_URL"], isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def alembic(url: str) -> Config:
-    config = Config(str(ALEMBIC_INI))
-    config.attributes["database_url"] = url
-    return config
-
-
-def rows_of(engine: Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:
-    with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(text(query), params)]
+# The events of a 0008 database: its columns, and their values for row r of a month.
+EVENT_COLUMNS = (
+    "tenant_id, feature_name, user_id, model, input_tokens, output_tokens, tokens_used, latency_ms, status,"
+    " error_type, cache_read_tokens, cache_write_tokens, reasoning_tokens, provider"
+)
+EVENT_VALUES = (
+    ":tenant, 'feature-' || (r % 3), 'u' || (r % 5), 'm' || (r % 2), r * 10, r, r * 11, r * 10,"
+    " CASE WHEN r % 6 = 0 THEN 'error' ELSE 'success' END, NULL, r, 0, 0, 'openai'"
+)
 
 
 def fill_0008(engine: Engine) -> None:
     """Events (one pending batch) and rollup rows, as a 0008 database has them."""
     with engine.begin() as conn:
-        for month in range(1, MONTHS + 1):
-            conn.execute(
-                text(
-                    f"CREATE TABLE analytics_events_2001_{month:02d} PARTITION OF analytics_events"
-                    f" FOR VALUES FROM ('2001-{month:02d}-01') TO ('2001-{month + 1:02d}-01')"
-                )
-            )
-        batch = conn.execute(
-            text(
-                "INSERT INTO rollup_pending_batches (min_ts, max_ts)"
-                " VALUES ('2001-01-01', '2001-04-01') RETURNING batch_id"
-            )
-        ).scalar_one()
-        conn.execute(
-            text(
-                "INSERT INTO analytics_events (event_id, timestamp, tenant_id, feature_name, user_id, model,"
-                " input_tokens, output_tokens, tokens_used, latency_ms, status, error_type, batch_id,"
-                " cache_read_tokens, cache_write_tokens, reasoning_tokens, provider)"
-                " SELECT gen_random_uuid(), timestamptz '2001-01-01' + (s * interval '1 month') + (r * interval '7 min'),"
-                "  :tenant, 'feature-' || (r % 3), 'u' || (r % 5), 'm' || (r % 2), r * 10, r, r * 11, r * 10,"
-                "  CASE WHEN r % 6 = 0 THEN 'error' ELSE 'success' END, NULL, :batch, r, 0, 0, 'openai'"
-                " FROM generate_series(0, :months - 1) s, generate_series(1, :rows) r"
-            ),
-            {"tenant": TENANT, "batch": batch, "months": MONTHS, "rows": ROWS_PER_MONTH},
-        )
+        add_pending_events(conn, MONTHS, ROWS_PER_MONTH, EVENT_COLUMNS, EVENT_VALUES, tenant=TENANT)
         for table in ROLLUPS:
             conn.execute(
                 text(
@@ -115,77 +67,69 @@ def fill_0008(engine: Engine) -> None:
             )
 
 
-def test_upgrade_keeps_events_and_rollups_and_streamed_calls_roll_up_onto_old_rows(scratch_url: str) -> None:
-    config = alembic(scratch_url)
-    command.upgrade(config, "0008")
-    engine = create_engine(scratch_url)
-    try:
-        fill_0008(engine)
-        events_before = rows_of(engine, EVENTS)
-        rollups_before = {t: rows_of(engine, f"SELECT {FIGURES} FROM {t}") for t in ROLLUPS}
+def test_upgrade_keeps_events_and_rollups_and_streamed_calls_roll_up_onto_old_rows(scratch: ScratchDatabase) -> None:
+    engine = scratch.engine
+    scratch.upgrade("0008")
+    fill_0008(engine)
+    events_before = scratch.rows(EVENTS)
+    rollups_before = {t: scratch.rows(f"SELECT {FIGURES} FROM {t}") for t in ROLLUPS}
 
-        command.upgrade(config, "0009")
+    scratch.upgrade("0009")
 
-        assert [row[:-1] for row in rows_of(engine, EVENTS)] == events_before
-        assert len(events_before) == MONTHS * ROWS_PER_MONTH
-        assert rows_of(engine, "SELECT DISTINCT time_to_first_token_ms FROM analytics_events") == [(None,)]
-        for table, before in rollups_before.items():
-            assert rows_of(engine, f"SELECT {FIGURES} FROM {table}") == before
-            assert rows_of(engine, f"SELECT {TTFT_FIGURES} FROM {table}") == [(0, 0, None, None, [], [])]
+    assert [row[:-1] for row in scratch.rows(EVENTS)] == events_before
+    assert len(events_before) == MONTHS * ROWS_PER_MONTH
+    assert scratch.rows("SELECT DISTINCT time_to_first_token_ms FROM analytics_events") == [(None,)]
+    for table, before in rollups_before.items():
+        assert scratch.rows(f"SELECT {FIGURES} FROM {table}") == before
+        assert scratch.rows(f"SELECT {TTFT_FIGURES} FROM {table}") == [(0, 0, None, None, [], [])]
 
-        # Every partition enforces the new check (it was added on the partitioned parent); NULL passes.
-        for value in ("latency_ms + 1", "-1"):
-            with pytest.raises(IntegrityError, match="time_to_first_token_valid"), engine.begin() as conn:
-                conn.execute(text(f"UPDATE analytics_events_2001_02 SET time_to_first_token_ms = {value}"))
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE analytics_events_2001_02 SET time_to_first_token_ms = latency_ms / 4"))
+    # Every partition enforces the new check (it was added on the partitioned parent); NULL passes.
+    for value in ("latency_ms + 1", "-1"):
+        with pytest.raises(IntegrityError, match="time_to_first_token_valid"), engine.begin() as conn:
+            conn.execute(text(f"UPDATE analytics_events_2001_02 SET time_to_first_token_ms = {value}"))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE analytics_events_2001_02 SET time_to_first_token_ms = latency_ms / 4"))
 
-        # The pending batch rolls up with the new code, equal to the raw events.
-        assert run_until_idle(engine).batches == 1
-        with engine.begin() as conn:  # set aside while the rollups are compared with the raw events
-            for table in ROLLUPS:
-                conn.execute(text(f"CREATE TABLE kept_{table} AS SELECT * FROM {table} WHERE tenant_id = :t"),
-                             {"t": OLD_ROLLUPS_TENANT})  # fmt: skip
-            for table in (*ROLLUPS, "rollup_daily_users"):
-                conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": OLD_ROLLUPS_TENANT})
-        with engine.connect() as conn:
-            assert_rollups_match_raw(conn)
-        assert rows_of(engine, "SELECT sum(streamed_calls) FROM rollup_daily") == [(ROWS_PER_MONTH,)]
-
-        # Streamed calls in an old row's cell (its raw events gone): added to it, its histogram started.
-        with engine.begin() as conn:
-            for table in ROLLUPS:
-                conn.execute(text(f"INSERT INTO {table} SELECT * FROM kept_{table}"))
-            conn.execute(text("CREATE TABLE analytics_events_2000_06 PARTITION OF analytics_events"
-                              " FOR VALUES FROM ('2000-06-01') TO ('2000-07-01')"))  # fmt: skip
-            batch = conn.execute(
-                text("INSERT INTO rollup_pending_batches (min_ts, max_ts) VALUES (:h, :h) RETURNING batch_id"),
-                {"h": HOUR},
-            ).scalar_one()
-            conn.execute(
-                text(
-                    "INSERT INTO analytics_events (event_id, timestamp, tenant_id, feature_name, user_id, model,"
-                    " input_tokens, output_tokens, tokens_used, latency_ms, status, batch_id, provider,"
-                    " time_to_first_token_ms)"
-                    " SELECT gen_random_uuid(), :h, :t, 'f', 'u1', 'm1', 1, 1, 2, 100, 'success', :batch, 'openai', v"
-                    " FROM unnest(ARRAY[30, 30, 70]) v"
-                ),
-                {"h": HOUR, "t": OLD_ROLLUPS_TENANT, "batch": batch},
-            )
-        run_until_idle(engine)
+    # The pending batch rolls up with the new code, equal to the raw events.
+    assert run_until_idle(engine).batches == 1
+    with engine.begin() as conn:  # set aside while the rollups are compared with the raw events
         for table in ROLLUPS:
-            [(calls, latency_sum, streamed, ttft_sum, ttft_min, ttft_max, buckets, counts)] = rows_of(
-                engine,
-                f"SELECT calls, latency_sum, {TTFT_FIGURES} FROM {table} WHERE tenant_id = :t",
-                t=OLD_ROLLUPS_TENANT,
-            )
-            assert (calls, latency_sum, streamed, ttft_sum, ttft_min, ttft_max) == (6, 390, 3, 130, 30, 70)
-            assert LatencyHistogram.of(buckets, counts) == LatencyHistogram.from_latencies([30, 30, 70])
+            conn.execute(text(f"CREATE TABLE kept_{table} AS SELECT * FROM {table} WHERE tenant_id = :t"),
+                         {"t": OLD_ROLLUPS_TENANT})  # fmt: skip
+        for table in (*ROLLUPS, "rollup_daily_users"):
+            conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": OLD_ROLLUPS_TENANT})
+    with engine.connect() as conn:
+        assert_rollups_match_raw(conn)
+    assert scratch.rows("SELECT sum(streamed_calls) FROM rollup_daily") == [(ROWS_PER_MONTH,)]
 
-        command.downgrade(config, "0008")
-        assert rows_of(engine, TTFT_COLUMNS) == []
-        assert rows_of(engine, "SELECT count(*) FROM analytics_events")[0][0] == len(events_before) + 3
-        command.upgrade(config, "head")
-        assert len(rows_of(engine, TTFT_COLUMNS)) == 13
-    finally:
-        engine.dispose()
+    # Streamed calls in an old row's cell (its raw events gone): added to it, its histogram started.
+    with engine.begin() as conn:
+        for table in ROLLUPS:
+            conn.execute(text(f"INSERT INTO {table} SELECT * FROM kept_{table}"))
+        conn.execute(text("CREATE TABLE analytics_events_2000_06 PARTITION OF analytics_events"
+                          " FOR VALUES FROM ('2000-06-01') TO ('2000-07-01')"))  # fmt: skip
+        batch = open_pending_batch(conn, HOUR, HOUR)
+        conn.execute(
+            text(
+                "INSERT INTO analytics_events (event_id, timestamp, tenant_id, feature_name, user_id, model,"
+                " input_tokens, output_tokens, tokens_used, latency_ms, status, batch_id, provider,"
+                " time_to_first_token_ms)"
+                " SELECT gen_random_uuid(), :h, :t, 'f', 'u1', 'm1', 1, 1, 2, 100, 'success', :batch, 'openai', v"
+                " FROM unnest(ARRAY[30, 30, 70]) v"
+            ),
+            {"h": HOUR, "t": OLD_ROLLUPS_TENANT, "batch": batch},
+        )
+    run_until_idle(engine)
+    for table in ROLLUPS:
+        [(calls, latency_sum, streamed, ttft_sum, ttft_min, ttft_max, buckets, counts)] = scratch.rows(
+            f"SELECT calls, latency_sum, {TTFT_FIGURES} FROM {table} WHERE tenant_id = :t",
+            t=OLD_ROLLUPS_TENANT,
+        )
+        assert (calls, latency_sum, streamed, ttft_sum, ttft_min, ttft_max) == (6, 390, 3, 130, 30, 70)
+        assert LatencyHistogram.of(buckets, counts) == LatencyHistogram.from_latencies([30, 30, 70])
+
+    scratch.downgrade("0008")
+    assert scratch.rows(TTFT_COLUMNS) == []
+    assert scratch.rows("SELECT count(*) FROM analytics_events")[0][0] == len(events_before) + 3
+    scratch.upgrade("head")
+    assert len(scratch.rows(TTFT_COLUMNS)) == 13
