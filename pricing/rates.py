@@ -24,7 +24,6 @@ and materializes them in the caller's transaction (the rollup run calls it).
 
 from __future__ import annotations
 
-import threading
 import time as clock
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, delete, event, insert, select, tuple_
+from sqlalchemy import Table, delete, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -40,6 +39,7 @@ from models.price import GLOBAL, SOURCE_CATALOG, SOURCE_OVERRIDE, CostRate, Cost
 from pricing.catalog import RateRow, catalog_schedule
 from pricing.locks import lock_prices
 from pricing.overrides import active_overrides, applies, matches, override_rates, precedence
+from storage.committed_cache import CommittedCache
 
 NEG_INFINITY: Final = "-infinity"  # how an open period end is written to timestamptz
 INFINITY: Final = "infinity"
@@ -220,41 +220,7 @@ def _refresh_pairs(session: Session, pairs: list[Pair], tenants: set[str] | None
 # --- ensure_priced -------------------------------------------------------------------
 
 
-class _KnownPairs:
-    """Pairs whose priced_models row is known committed (bounded; emptied when full, refilled by lookups)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pairs: set[Pair] = set()
-
-    def unknown(self, pairs: set[Pair]) -> set[Pair]:
-        with self._lock:
-            return pairs - self._pairs
-
-    def add(self, pairs: Iterable[Pair]) -> None:
-        with self._lock:
-            if len(self._pairs) > KNOWN_PAIRS_MAX:
-                self._pairs.clear()
-            self._pairs.update(pairs)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._pairs.clear()
-
-
-KNOWN = _KnownPairs()
-
-
-@event.listens_for(Session, "after_commit")
-def _learn_on_commit(session: Session) -> None:
-    pending = session.info.pop(PENDING_KEY, None)
-    if pending:
-        KNOWN.add(pending)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_on_rollback(session: Session) -> None:
-    session.info.pop(PENDING_KEY, None)
+KNOWN: Final = CommittedCache[Pair](PENDING_KEY, KNOWN_PAIRS_MAX)  # pairs whose priced_models row is committed
 
 
 def ensure_priced(session: Session, pairs: Iterable[Pair]) -> None:
@@ -279,4 +245,4 @@ def ensure_priced(session: Session, pairs: Iterable[Pair]) -> None:
     if new:
         session.execute(pg_insert(PricedModel).on_conflict_do_nothing(), [{"model": m, "provider": p} for m, p in new])
         _refresh_pairs(session, new, None, clock.perf_counter())
-    session.info.setdefault(PENDING_KEY, set()).update(unknown)
+    KNOWN.pending(session).update(unknown)

@@ -7,9 +7,10 @@ and the events commit together. Beyond the cap, an event naming a new feature
 Without the cap one tenant could make every dashboard query, rollup and the
 page's feature list of its own grow without bound.
 
-The hot path does no SQL: a per-process set holds the names known to be
-committed, and a batch whose names are all in it costs two set comprehensions
-and two set differences. Only a name not in the set is looked up; a name that
+The hot path does no SQL: a per-process set (storage.committed_cache) holds
+the names known to be committed, and a batch whose names are all in it costs a
+few set comprehensions over its distinct names and one set difference. Only a
+name not in the set is looked up; a name that
 is new to the catalog is added under a transaction-scoped advisory lock of its
 tenant, after counting the tenant's names, so two workers cannot both take the
 last free place. The set learns a name only once the transaction that found
@@ -21,19 +22,19 @@ again).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Final
 
-from sqlalchemy import event, func, select, text, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from config import DEFAULTS, Settings
 from models.tenant_name import FEATURE, MODEL, TenantName
 from schema.message import plain_payload
+from storage.committed_cache import CommittedCache
 from storage.dead_letters import Rejected
 
 # First key of pg_advisory_xact_lock(int4, int4) ("NAME"); the second is hashtext(tenant_id).
@@ -68,54 +69,29 @@ class NameCaps:
 
 
 class KnownNames:
-    """The names this process knows to be committed: (tenant, name) pairs per kind."""
+    """The names this process knows to be committed (storage.committed_cache), asked as (tenant, name) pairs per kind."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._features: set[tuple[str, str]] = set()
-        self._models: set[tuple[str, str]] = set()
+        self._names = CommittedCache[Name](PENDING_KEY, KNOWN_NAMES_MAX)
 
     def unknown(
         self, features: set[tuple[str, str]], models: set[tuple[str, str]]
     ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        with self._lock:
-            return features - self._features, models - self._models
+        new = self._names.unknown({(FEATURE, t, n) for t, n in features} | {(MODEL, t, n) for t, n in models})
+        return {(t, n) for kind, t, n in new if kind == FEATURE}, {(t, n) for kind, t, n in new if kind == MODEL}
+
+    def pending(self, session: Session) -> set[Name]:
+        """The names ``session`` learns once its root transaction commits."""
+        return self._names.pending(session)
 
     def add(self, names: Iterable[Name]) -> None:
-        with self._lock:
-            if len(self._features) + len(self._models) > KNOWN_NAMES_MAX:
-                self._features.clear()
-                self._models.clear()
-            for kind, tenant, name in names:
-                (self._features if kind == FEATURE else self._models).add((tenant, name))
+        self._names.add(names)
 
     def clear(self) -> None:
-        with self._lock:
-            self._features.clear()
-            self._models.clear()
+        self._names.clear()
 
 
 KNOWN = KnownNames()
-
-
-@event.listens_for(Session, "after_commit")
-def _learn_on_commit(session: Session) -> None:
-    if session.in_nested_transaction():
-        return  # a SAVEPOINT released: the root transaction may still roll back
-    pending = session.info.pop(PENDING_KEY, None)
-    if pending:
-        KNOWN.add(pending)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_on_rollback(session: Session) -> None:
-    # A savepoint's rollback too: it may have undone names added inside it.
-    session.info.pop(PENDING_KEY, None)
-
-
-def _pending(session: Session) -> set[Name]:
-    pending: set[Name] = session.info.setdefault(PENDING_KEY, set())
-    return pending
 
 
 def _reason(kind: str, tenant: str, name: str, cap: int) -> str:
@@ -161,7 +137,7 @@ def _register(
     """Look up and add the names the process does not know yet; returns those refused by the caps."""
     wanted = {(FEATURE, t, n) for t, n in features} | {(MODEL, t, n) for t, n in models}
     found = _existing(session, wanted)
-    pending = _pending(session)
+    pending = KNOWN.pending(session)
     pending |= found
     refused: set[Name] = set()
     missing = wanted - found
