@@ -1,5 +1,6 @@
 """Typed SQLAlchemy models. Importing this package opens no connection."""
 
+from models.alert import AlertHistory, AlertRule, AlertState, Notification
 from models.api_key import ApiKey
 from models.base import Base
 from models.dead_letter import DeadLetter
@@ -9,12 +10,16 @@ from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPend
 from models.tenant_name import TenantName
 
 __all__ = [
+    "AlertHistory",
+    "AlertRule",
+    "AlertState",
     "AnalyticsEvent",
     "ApiKey",
     "Base",
     "CostRate",
     "CostRateScope",
     "DeadLetter",
+    "Notification",
     "PriceOverride",
     "PricedModel",
     "RollupDaily",

@@ -65,6 +65,12 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "price_overrides": ("SELECT",),
         **{table: ("SELECT", "INSERT", "DELETE") for table in PRICE_TABLES},
         "priced_models": ("SELECT", "INSERT"),
+        # alerts.evaluate: the enabled rules, their states (locked FOR UPDATE, written back), and per state
+        # change a history row and its notification (the outbox webhook delivery reads)
+        "alert_rules": ("SELECT",),
+        "alert_states": ("SELECT", "INSERT", "UPDATE"),
+        "alert_history": ("SELECT", "INSERT"),
+        "notifications": ("SELECT", "INSERT"),
     },
     WEB: {
         # queries.rollups: rollups plus the raw rows of pending batches
@@ -82,6 +88,10 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "priced_models": ("SELECT",),
         # pricing.listing and the warning for a pattern matching no model seen
         "tenant_names": ("SELECT",),
+        # web.alerts: a tenant's rules (listed, added, deleted; their states go with them), states and history
+        "alert_rules": ("SELECT", "INSERT", "DELETE"),
+        "alert_states": ("SELECT", "DELETE"),
+        "alert_history": ("SELECT",),
     },
 }
 FUNCTION_GRANTS: dict[str, tuple[str, ...]] = {WORKER: (CREATE_MONTH_FUNCTION,)}
