@@ -8,6 +8,7 @@ from models.event import AnalyticsEvent
 from models.price import CostRate, CostRateScope, PricedModel, PriceOverride
 from models.rollup import RollupDaily, RollupDailyUser, RollupHourly, RollupPendingBatch
 from models.tenant_name import TenantName
+from models.webhook import Delivery, Webhook
 
 __all__ = [
     "AlertHistory",
@@ -19,6 +20,7 @@ __all__ = [
     "CostRate",
     "CostRateScope",
     "DeadLetter",
+    "Delivery",
     "Notification",
     "PriceOverride",
     "PricedModel",
@@ -27,4 +29,5 @@ __all__ = [
     "RollupHourly",
     "RollupPendingBatch",
     "TenantName",
+    "Webhook",
 ]

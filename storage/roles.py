@@ -71,6 +71,9 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "alert_states": ("SELECT", "INSERT", "UPDATE"),
         "alert_history": ("SELECT", "INSERT"),
         "notifications": ("SELECT", "INSERT"),
+        # alerts.delivery: webhooks with their secrets (signing), the delivery rows it adds, claims and logs
+        "webhooks": ("SELECT",),
+        "deliveries": ("SELECT", "INSERT", "UPDATE"),
     },
     WEB: {
         # queries.rollups: rollups plus the raw rows of pending batches
@@ -92,6 +95,10 @@ TABLE_GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "alert_rules": ("SELECT", "INSERT", "DELETE"),
         "alert_states": ("SELECT", "DELETE"),
         "alert_history": ("SELECT",),
+        # alerts.webhooks via web.webhooks: add (RETURNING every column but the secret), list, delete, the log;
+        # the secret is never read back by the web role
+        "webhooks": ("SELECT (tenant_id, id, url, format, enabled, created_at)", "INSERT", "DELETE"),
+        "deliveries": ("SELECT",),
     },
 }
 FUNCTION_GRANTS: dict[str, tuple[str, ...]] = {WORKER: (CREATE_MONTH_FUNCTION,)}
