@@ -216,6 +216,33 @@ class Settings(BaseSettings):
         "price catalog (genai-prices, after a restart) reaches every figure.",
     )
 
+    # --- webhooks (alerts.delivery) -------------------------------------------
+    webhook_allow_http: bool = Field(
+        False, description="Allow http:// webhook URLs (https only otherwise); for tests and closed networks."
+    )
+    webhook_allow_private_addresses: bool = Field(
+        False,
+        description="Allow webhooks to loopback, private, link-local, CGNAT and other non-public addresses "
+        "(cloud metadata addresses stay refused); for tests and closed networks.",
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of each network step of a delivery (connect, send, each read)."
+    )
+    webhook_max_response_bytes: int = Field(
+        65_536, ge=0, description="Most bytes of a receiver's answer read (the rest is never read)."
+    )
+    webhook_retry_base_s: float = Field(
+        10.0, gt=0, description="Pause before a failed delivery's first retry; it doubles each retry (full jitter)."
+    )
+    webhook_retry_max_s: float = Field(3600.0, gt=0, description="Cap of the pause between delivery attempts.")
+    webhook_retry_for_s: int = Field(
+        86_400, ge=0, description="A delivery still failing this long after its notification is given up (gave_up)."
+    )
+    webhook_dispatch_interval_s: float = Field(
+        5.0, gt=0, description="Beat runs the webhook dispatcher (new notifications and due retries) this often."
+    )
+    webhook_max_per_tenant: int = Field(10, ge=1, description="Most webhooks one tenant may register.")
+
     # --- web ----------------------------------------------------------------
     http_max_batch_events: int = Field(1000, ge=1, description="Most events one POST /v1/events may carry.")
     http_max_body_bytes: int = Field(5_000_000, ge=1, description="Largest request body POST /v1/events reads.")

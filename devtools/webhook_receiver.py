@@ -1,0 +1,71 @@
+"""A real local HTTP receiver of webhook deliveries, for tests and benchmarks.
+
+It records every POST (headers and raw body), answers with a status and body
+the caller sets, and can go down and come back on the same port (a receiver
+that is down refuses connections). ``notification_ids`` is what a receiver
+deduplicating by ``X-Analytics-Notification-Id`` would see.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from devtools.processes import spare_port
+
+NOTIFICATION_ID_HEADER = "X-Analytics-Notification-Id"
+
+
+@dataclass(frozen=True)
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+class WebhookReceiver:
+    """Start with ``start()``; ``stop()`` takes it down (connections refused), ``start()`` again brings it back."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or spare_port()
+        self.status = 200
+        self.answer = b"ok"
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.received.append(Received(dict(self.headers.items()), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", str(len(receiver.answer)))
+                self.end_headers()
+                self.wfile.write(receiver.answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def notification_ids(self) -> list[str]:
+        with self._lock:
+            return [r.headers.get(NOTIFICATION_ID_HEADER, "") for r in self.received]
