@@ -27,6 +27,7 @@ from cli.partitions import partitions
 from cli.prices import prices
 from cli.report import report_command
 from cli.rollups import rollups
+from cli.webhooks import webhooks
 from config import get_settings
 from demo.state import STATE_FILE, StateFileError, running_services
 from monitoring.escape import install_log_escaping
@@ -72,6 +73,7 @@ cli.add_command(load_command)
 cli.add_command(api_keys)
 cli.add_command(report_command)
 cli.add_command(prices)
+cli.add_command(webhooks)
 
 
 def use_embedded_services(state_file: Path) -> None:
