@@ -16,6 +16,8 @@ from celery.schedules import crontab
 from config import Settings, get_settings
 from tasks.broker import ingest_queue
 from tasks.names import (
+    ALERTS_EVALUATE,
+    ALERTS_TASKS,
     INGEST_WRITE_BATCH,
     PARTITIONS_APPLY_RETENTION,
     PARTITIONS_ENSURE_AHEAD,
@@ -81,6 +83,7 @@ def build(settings: Settings) -> dict[str, Any]:
             PARTITIONS_TASKS: {"queue": MAINTENANCE_QUEUE},
             ROLLUPS_TASKS: {"queue": settings.rollup_queue},
             PRICES_TASKS: {"queue": MAINTENANCE_QUEUE},
+            ALERTS_TASKS: {"queue": settings.alerts_queue},
         },
         # Messages the worker cannot run are dead-lettered, not dropped.
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
@@ -114,6 +117,12 @@ def build(settings: Settings) -> dict[str, Any]:
                 "task": PRICES_REFRESH,
                 "schedule": timedelta(seconds=settings.prices_refresh_interval_s),
                 "options": {"expires": settings.prices_refresh_interval_s},
+            },
+            # One evaluator at a time (alerts.evaluate); a run that finds another still going returns at once.
+            "alerts-evaluate": {
+                "task": ALERTS_EVALUATE,
+                "schedule": timedelta(seconds=settings.alert_evaluate_interval_s),
+                "options": {"expires": settings.alert_evaluate_interval_s},
             },
         },
         "timezone": "UTC",

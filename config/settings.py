@@ -187,6 +187,22 @@ class Settings(BaseSettings):
         "Retention (PARTITION_RETENTION_MONTHS), when set, bounds it further.",
     )
 
+    # --- alerts (alerts.evaluate) --------------------------------------------
+    alerts_queue: str = Field("alerts", description="Queue of the alert evaluation task.")
+    alert_evaluate_interval_s: int = Field(
+        60, ge=1, description="Beat evaluates every enabled alert rule this often (one evaluator at a time)."
+    )
+    alert_hysteresis_ratio: Decimal = Field(
+        Decimal("0.1"),
+        ge=0,
+        lt=1,
+        description="An alert leaves a state only once its value falls below threshold x (1 - this) "
+        "(above threshold x (1 + this) for a partition horizon), so a value hovering at a threshold does not flap.",
+    )
+    alert_reminder_hours: float = Field(
+        4.0, gt=0, description="While a rule stays warning or critical, a reminder notification at most this often."
+    )
+
     # --- rollups (storage.rollups) -------------------------------------------
     rollup_queue: str = Field(
         "rollups", description="Queue of the rollup tasks, apart from ingest so that neither starves the other."

@@ -8,6 +8,8 @@ mode); the variable must be set before the process starts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -78,3 +80,16 @@ def otlp_spans(accepted: int, rejected: int, skipped: int) -> None:
     OTLP_SPANS.labels("accepted").inc(accepted)
     OTLP_SPANS.labels("rejected").inc(rejected)
     OTLP_SPANS.labels("skipped").inc(skipped)
+
+
+ALERT_RULES = Gauge(
+    "analytics_alert_rules",
+    "Enabled alert rules in each state (ok, warning, critical) after the last evaluation cycle.",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+
+
+def alert_rules_by_state(counts: Mapping[str, int]) -> None:
+    for state, count in counts.items():
+        ALERT_RULES.labels(state).set(count)

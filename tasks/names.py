@@ -13,8 +13,10 @@ PARTITIONS_APPLY_RETENTION = "partitions.apply_retention"
 ROLLUPS_RUN = "rollups.run"
 ROLLUPS_REBUILD = "rollups.rebuild"
 PRICES_REFRESH = "prices.refresh"
+ALERTS_EVALUATE = "alerts.evaluate"
 
 # Route patterns (celeryconfig.task_routes): every task of a domain.
 PARTITIONS_TASKS = "partitions.*"
 ROLLUPS_TASKS = "rollups.*"
 PRICES_TASKS = "prices.*"
+ALERTS_TASKS = "alerts.*"

@@ -1,0 +1,248 @@
+"""One evaluation cycle: every enabled rule measured, its state machine stepped, changes recorded and notified.
+
+One evaluator at a time: a cycle holds a session advisory lock for its whole
+run, and a second cycle (another host, an overlapping beat tick) that cannot
+take it returns at once. The lock goes with the connection, so a killed
+evaluator frees it.
+
+Each rule is measured in a read-only snapshot of the rollups (``queries.rollups
+.snapshot``), then written in one transaction of its own: its state row is
+locked (``FOR UPDATE``), the step is decided against the state as committed,
+and the new state, the history row and the notification (the outbox webhook
+delivery reads) commit together or not at all. A crash between rules leaves
+finished rules finished and the rest untouched; a re-run, or an evaluator that
+raced past the lock, finds the state already moved and records nothing twice
+(and ``notifications`` holds at most one row per history row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from alerts.measures import measure
+from alerts.rules import Rule, list_rules
+from alerts.states import decide
+from config import Settings
+from models.alert import (
+    BUDGET_DAY,
+    BUDGET_MONTH,
+    COST_SPIKE,
+    CRITICAL,
+    ERROR_RATE,
+    INGEST_HEALTH,
+    LATENCY_P95,
+    OK,
+    REMINDER,
+    STATE_CHANGE,
+    STATES,
+)
+from monitoring.metrics import alert_rules_by_state
+from queries.rollups import snapshot
+
+logger = logging.getLogger(__name__)
+
+EVALUATOR_LOCK_KEY: Final = 0x414C_5254  # "ALRT": one evaluation cycle at a time, session-scoped
+
+ENSURE_STATE = text(
+    "INSERT INTO alert_states (tenant_id, rule_id, state, since, evaluated_at)"
+    " SELECT tenant_id, id, :ok, :now, :now FROM alert_rules WHERE tenant_id = :tenant AND id = :rule"
+    " ON CONFLICT (tenant_id, rule_id) DO NOTHING"
+)
+LOCK_STATE = text(
+    "SELECT state, last_notified_at FROM alert_states WHERE tenant_id = :tenant AND rule_id = :rule FOR UPDATE"
+)
+UPDATE_STATE = text(
+    "UPDATE alert_states SET state = :state, value = :value, evaluated_at = :now,"
+    " since = CASE WHEN state = :state THEN since ELSE :now END,"
+    " last_notified_at = CASE WHEN :notified THEN :now ELSE last_notified_at END"
+    " WHERE tenant_id = :tenant AND rule_id = :rule"
+)
+ADD_HISTORY = text(
+    "INSERT INTO alert_history (tenant_id, rule_id, rule_name, from_state, to_state, value, threshold, at)"
+    " VALUES (:tenant, :rule, :name, :from_state, :to_state, :value, :threshold, :now) RETURNING id"
+)
+ADD_NOTIFICATION = text(
+    "INSERT INTO notifications (tenant_id, id, rule_id, history_id, kind, state, payload, created_at)"
+    " VALUES (:tenant, :id, :rule, :history, :kind, :state, CAST(:payload AS jsonb), :now)"
+)
+STATE_COUNTS = text(
+    "SELECT s.state, count(*) FROM alert_states s JOIN alert_rules r ON r.tenant_id = s.tenant_id"
+    " AND r.id = s.rule_id WHERE r.enabled GROUP BY s.state"
+)
+
+UNITS: Final = {BUDGET_DAY: "USD", BUDGET_MONTH: "USD", COST_SPIKE: "x baseline", ERROR_RATE: "of calls",
+                LATENCY_P95: "ms", INGEST_HEALTH: ""}  # fmt: skip
+MEASURED: Final = {BUDGET_DAY: "cost today (UTC)", BUDGET_MONTH: "cost this month (UTC)",
+                   COST_SPIKE: "last hour's cost", ERROR_RATE: "error rate", LATENCY_P95: "p95 latency",
+                   INGEST_HEALTH: ""}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one rule's evaluation recorded."""
+
+    state: str
+    change: str | None  # warning | critical | resolved, None: no change
+    notification_id: uuid.UUID | None
+
+
+@dataclass
+class EvaluationReport:
+    rules: int = 0
+    changes: int = 0
+    reminders: int = 0
+    failed: int = 0
+    skipped: str | None = None  # why nothing was evaluated (another evaluator holds the lock)
+    states: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rules": self.rules, "changes": self.changes, "reminders": self.reminders, "failed": self.failed,
+                "skipped": self.skipped, "states": dict(self.states), "seconds": round(self.seconds, 3)}  # fmt: skip
+
+
+def _text(value: Decimal | None) -> str | None:
+    """An exact decimal as a plain string without trailing zeros (1.250000 -> "1.25", 1E+2 -> "100")."""
+    return None if value is None else f"{value.normalize():f}"
+
+
+def describe(rule: Rule) -> str:
+    """What the rule measures, in words: ``p95 latency of feature 'search'``."""
+    what = rule.metric or MEASURED[rule.kind]
+    scope = [f"feature {rule.feature!r}"] * (rule.feature is not None) + [f"model {rule.model!r}"] * (
+        rule.model is not None
+    )
+    return f"{what} of {' and '.join(scope)}" if scope else what
+
+
+def payload(
+    rule: Rule, notification_id: uuid.UUID, kind: str, state: str, previous: str, value: Decimal | None,
+    threshold: Decimal | None, now: datetime,
+) -> dict[str, Any]:  # fmt: skip
+    """The notification's body: what receivers get (amounts as exact decimal strings)."""
+    unit = UNITS[rule.kind]
+    shown = "no data" if value is None else f"{_text(value)} {unit}".rstrip()
+    limit = "" if threshold is None else f" (threshold {_text(threshold)} {unit})".replace(" )", ")")
+    verb = "reminder: still" if kind == REMINDER else "now"
+    message = f"[{state.upper()}] {rule.name}: {describe(rule)} is {shown}{limit}; {verb} {state}"
+    return {
+        "id": str(notification_id),
+        "tenant_id": rule.tenant_id,
+        "kind": kind,
+        "state": state,
+        "previous_state": previous,
+        "rule": {
+            "id": rule.id,
+            "name": rule.name,
+            "kind": rule.kind,
+            "feature": rule.feature,
+            "model": rule.model,
+            "metric": rule.metric,
+            "warning_threshold": _text(rule.warning_threshold),
+            "critical_threshold": _text(rule.critical_threshold),
+        },
+        "value": _text(value),
+        "threshold": _text(threshold),
+        "at": now.isoformat(),
+        "message": message,
+    }
+
+
+def _notify(
+    conn: Connection, rule: Rule, kind: str, state: str, previous: str, value: Decimal | None,
+    threshold: Decimal | None, history_id: int | None, now: datetime,
+) -> uuid.UUID:  # fmt: skip
+    notification_id = uuid.uuid4()
+    body = payload(rule, notification_id, kind, state, previous, value, threshold, now)
+    conn.execute(ADD_NOTIFICATION, {"tenant": rule.tenant_id, "id": notification_id, "rule": rule.id,
+                                    "history": history_id, "kind": kind, "state": state,
+                                    "payload": json.dumps(body), "now": now})  # fmt: skip
+    return notification_id
+
+
+def record(conn: Connection, rule: Rule, value: Decimal | None, settings: Settings, now: datetime) -> Outcome | None:
+    """Step ``rule``'s state machine with ``value`` inside the caller's transaction (None: the rule is gone)."""
+    keys = {"tenant": rule.tenant_id, "rule": rule.id}
+    conn.execute(ENSURE_STATE, {**keys, "ok": OK, "now": now})
+    row = conn.execute(LOCK_STATE, keys).first()
+    if row is None:
+        return None
+    decision = decide(
+        row.state,
+        value,
+        rule.thresholds,
+        hysteresis=settings.alert_hysteresis_ratio,
+        last_notified_at=row.last_notified_at,
+        now=now,
+        reminder_every=timedelta(hours=settings.alert_reminder_hours),
+    )
+    notification_id = None
+    if decision.change is not None:
+        history_id = conn.execute(ADD_HISTORY, {**keys, "name": rule.name, "from_state": row.state,
+                                                "to_state": decision.change, "value": value,
+                                                "threshold": decision.threshold, "now": now}).scalar_one()  # fmt: skip
+        notification_id = _notify(conn, rule, STATE_CHANGE, decision.change, row.state, value, decision.threshold,
+                                  history_id, now)  # fmt: skip
+    elif decision.reminder_due:
+        threshold = rule.critical_threshold if decision.state == CRITICAL else rule.warning_threshold
+        notification_id = _notify(conn, rule, REMINDER, decision.state, row.state, value, threshold, None, now)
+    conn.execute(UPDATE_STATE, {**keys, "state": decision.state, "value": value, "now": now,
+                                "notified": notification_id is not None})  # fmt: skip
+    return Outcome(decision.state, decision.change, notification_id)
+
+
+def evaluate_rule(engine: Engine, rule: Rule, settings: Settings, now: datetime) -> Outcome | None:
+    """Measure ``rule`` in a snapshot of the rollups, then record the step in a transaction of its own."""
+    with snapshot(engine) as conn:
+        value = measure(conn, rule, now)
+    with engine.begin() as conn:
+        return record(conn, rule, value, settings, now)
+
+
+def evaluate_all(engine: Engine, settings: Settings, now: datetime | None = None) -> EvaluationReport:
+    """Evaluate every enabled rule once, unless another evaluator is running (then ``skipped`` says so)."""
+    started = time.monotonic()
+    report = EvaluationReport()
+    with engine.connect() as lock_conn:
+        locked = lock_conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": EVALUATOR_LOCK_KEY}).scalar()
+        lock_conn.commit()  # the lock is the session's; no transaction stays open beside the cycle
+        if not locked:
+            report.skipped = "another evaluator holds the lock"
+            return report
+        try:
+            rules = [entry.rule for entry in list_rules(lock_conn, None, enabled_only=True)]
+            lock_conn.commit()
+            for rule in rules:
+                moment = now or datetime.now(UTC)
+                try:
+                    outcome = evaluate_rule(engine, rule, settings, moment)
+                except SQLAlchemyError:
+                    logger.exception("alert rule %s of tenant %s could not be evaluated", rule.id, rule.tenant_id)
+                    report.failed += 1
+                    continue
+                if outcome is None:
+                    continue  # deleted meanwhile
+                report.rules += 1
+                report.changes += outcome.change is not None
+                report.reminders += outcome.change is None and outcome.notification_id is not None
+            counts: dict[str, int] = {row[0]: row[1] for row in lock_conn.execute(STATE_COUNTS)}
+            lock_conn.commit()
+        finally:
+            lock_conn.rollback()  # whatever failed, the unlock runs outside an aborted transaction
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": EVALUATOR_LOCK_KEY})
+            lock_conn.commit()
+    report.states.update({state: counts.get(state, 0) for state in STATES})
+    alert_rules_by_state(report.states)
+    report.seconds = time.monotonic() - started
+    return report
