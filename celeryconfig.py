@@ -26,6 +26,8 @@ from tasks.names import (
     PRICES_TASKS,
     ROLLUPS_RUN,
     ROLLUPS_TASKS,
+    WEBHOOKS_DISPATCH,
+    WEBHOOKS_TASKS,
 )
 
 # Hourly, so that a month is created long before it starts even if some runs
@@ -84,6 +86,7 @@ def build(settings: Settings) -> dict[str, Any]:
             ROLLUPS_TASKS: {"queue": settings.rollup_queue},
             PRICES_TASKS: {"queue": MAINTENANCE_QUEUE},
             ALERTS_TASKS: {"queue": settings.alerts_queue},
+            WEBHOOKS_TASKS: {"queue": settings.alerts_queue},
         },
         # Messages the worker cannot run are dead-lettered, not dropped.
         "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
@@ -123,6 +126,12 @@ def build(settings: Settings) -> dict[str, Any]:
                 "task": ALERTS_EVALUATE,
                 "schedule": timedelta(seconds=settings.alert_evaluate_interval_s),
                 "options": {"expires": settings.alert_evaluate_interval_s},
+            },
+            # New notifications and due retries (alerts.delivery); runs may overlap safely.
+            "webhooks-dispatch": {
+                "task": WEBHOOKS_DISPATCH,
+                "schedule": timedelta(seconds=settings.webhook_dispatch_interval_s),
+                "options": {"expires": settings.webhook_dispatch_interval_s},
             },
         },
         "timezone": "UTC",

@@ -9,6 +9,7 @@ deduplicating by ``X-Analytics-Notification-Id`` would see.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,6 +32,7 @@ class WebhookReceiver:
         self.port = port or spare_port()
         self.status = 200
         self.answer = b"ok"
+        self.delay_s = 0.0  # pause after recording a request, before answering (a slow or hanging receiver)
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -48,6 +50,8 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._lock:
                     receiver.received.append(Received(dict(self.headers.items()), body))
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", str(len(receiver.answer)))
                 self.end_headers()

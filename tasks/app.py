@@ -20,7 +20,7 @@ from tasks import resources
 from tasks.broker import AMQP_CLASS
 from tasks.names import PARTITIONS_ENSURE_AHEAD
 
-TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups", "tasks.prices", "tasks.alerts"]
+TASK_MODULES = ["tasks.ingest", "tasks.partitions", "tasks.rollups", "tasks.prices", "tasks.deliveries", "tasks.alerts"]
 
 
 def create_app() -> Celery:

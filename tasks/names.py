@@ -14,9 +14,12 @@ ROLLUPS_RUN = "rollups.run"
 ROLLUPS_REBUILD = "rollups.rebuild"
 PRICES_REFRESH = "prices.refresh"
 ALERTS_EVALUATE = "alerts.evaluate"
+WEBHOOKS_DISPATCH = "webhooks.dispatch"
+WEBHOOKS_DELIVER = "webhooks.deliver"
 
 # Route patterns (celeryconfig.task_routes): every task of a domain.
 PARTITIONS_TASKS = "partitions.*"
 ROLLUPS_TASKS = "rollups.*"
 PRICES_TASKS = "prices.*"
 ALERTS_TASKS = "alerts.*"
+WEBHOOKS_TASKS = "webhooks.*"
