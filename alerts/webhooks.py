@@ -38,6 +38,10 @@ class WebhookError(ValueError):
         self.message = message
 
 
+class TooManyWebhooks(Exception):
+    """The tenant already has WEBHOOK_MAX_PER_TENANT webhooks (not bad input: delete one first)."""
+
+
 @dataclass(frozen=True)
 class WebhookInfo:
     tenant_id: str
@@ -101,7 +105,8 @@ def create_webhook(
     max_per_tenant: int,
     resolver: Resolver = system_resolver,
 ) -> CreatedWebhook:
-    """Store a webhook in the caller's transaction; WebhookError if the input or the tenant's count refuses it."""
+    """Store a webhook in the caller's transaction; WebhookError for refused input, TooManyWebhooks when the
+    tenant has its most."""
     check_tenant(tenant_id)
     fmt = check_format(fmt)
     try:
@@ -116,7 +121,8 @@ def create_webhook(
         select(func.count()).select_from(Webhook).where(Webhook.tenant_id == tenant_id)
     ).scalar_one()
     if count >= max_per_tenant:
-        raise WebhookError("url", f"tenant {tenant_id!r} already has {count} webhooks (WEBHOOK_MAX_PER_TENANT)")
+        raise TooManyWebhooks(f"tenant {tenant_id!r} already has {count} webhooks, the most allowed"
+                              " (WEBHOOK_MAX_PER_TENANT); delete one first")  # fmt: skip
     secret = new_secret()
     row = session.execute(
         insert(Webhook).values(tenant_id=tenant_id, url=url, secret=secret, format=fmt).returning(*_INFO_COLUMNS)

@@ -14,6 +14,7 @@ import click
 from alerts.url_safety import UrlPolicy
 from alerts.webhooks import (
     MAX_LISTED_DELIVERIES,
+    TooManyWebhooks,
     WebhookError,
     check_tenant,
     create_webhook,
@@ -75,6 +76,8 @@ def add_command(tenant_id: str, url: str, fmt: str) -> None:
                                      max_per_tenant=settings.webhook_max_per_tenant)  # fmt: skip
     except WebhookError as exc:
         raise click.BadParameter(escape(exc.message), param_hint=f"--{exc.field}") from None
+    except TooManyWebhooks as exc:
+        raise click.ClickException(escape(str(exc))) from None
     click.echo(f"added webhook {created.webhook.id} for tenant {escape(tenant_id)}: {escape(url)} ({fmt})")
     click.echo(f"signing secret (shown once): {created.secret}")
 

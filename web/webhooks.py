@@ -11,7 +11,7 @@ its log, ``GET .../webhooks/deliveries`` reads the log, newest first.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -24,6 +24,7 @@ from alerts.webhooks import (
     MAX_LISTED_DELIVERIES,
     CreatedWebhook,
     DeliveryInfo,
+    TooManyWebhooks,
     WebhookError,
     WebhookInfo,
     create_webhook,
@@ -32,7 +33,6 @@ from alerts.webhooks import (
     list_webhooks,
 )
 from config import get_settings
-from models.webhook import DELIVERY_STATUSES
 from web.auth import AUTH_RESPONSES, BODY_UNREADABLE, ErrorDetail, readable_tenant
 from web.body_limit import read_json
 from web.dashboard import path_tenant
@@ -40,6 +40,7 @@ from web.db import sessions
 from web.errors import invalid
 
 DEFAULT_LISTED_DELIVERIES = 100
+DeliveryStatus = Literal["pending", "delivered", "failed", "gave_up"]  # models.webhook.DELIVERY_STATUSES
 router = APIRouter(prefix="/api/tenants/{tenant_id}/webhooks", tags=["webhooks"],
                    dependencies=[Depends(readable_tenant)], responses=AUTH_RESPONSES)  # fmt: skip
 
@@ -104,7 +105,13 @@ WEBHOOK_BODY = {
 }
 
 
-@router.post("", status_code=201, response_model=CreatedOut, openapi_extra=WEBHOOK_BODY, responses=BODY_UNREADABLE)
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **BODY_UNREADABLE,
+    409: {"model": ErrorDetail, "description": "The tenant has WEBHOOK_MAX_PER_TENANT webhooks already"},
+}
+
+
+@router.post("", status_code=201, response_model=CreatedOut, openapi_extra=WEBHOOK_BODY, responses=CREATE_RESPONSES)
 async def add_webhook(
     tenant_id: str, request: Request, factory: sessionmaker[Session] = Depends(sessions)
 ) -> CreatedOut:
@@ -122,7 +129,20 @@ def _create(tenant_id: str, body: WebhookBody, factory: sessionmaker[Session]) -
                                                      max_per_tenant=settings.webhook_max_per_tenant)  # fmt: skip
     except WebhookError as exc:
         raise invalid("body", exc.field, exc.message, getattr(body, exc.field, None)) from None
+    except TooManyWebhooks as exc:
+        raise HTTPException(409, str(exc)) from None
     return CreatedOut(**_out(created.webhook).model_dump(), secret=created.secret)
+
+
+OTHER_METHODS = ["DELETE", "OPTIONS", "PATCH", "PUT", "TRACE"]
+WEBHOOKS_METHODS = "GET, HEAD, POST"
+
+
+# Starlette answers a method a path lacks with the Allow header of the path's first route only (GET here):
+# this hidden route answers every other method with both.
+@router.api_route("", methods=OTHER_METHODS, include_in_schema=False)
+def webhooks_method_not_allowed() -> Response:
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": WEBHOOKS_METHODS})
 
 
 @router.get("/deliveries", response_model=list[DeliveryOut])
@@ -130,7 +150,7 @@ def get_deliveries(
     tenant_id: str,
     factory: sessionmaker[Session] = Depends(sessions),
     webhook_id: int | None = Query(None, ge=1, description="Only this webhook's deliveries."),
-    status: str | None = Query(None, description=f"Only this status: {', '.join(DELIVERY_STATUSES)}."),
+    status: DeliveryStatus | None = Query(None, description="Only this status."),
     limit: int = Query(DEFAULT_LISTED_DELIVERIES, ge=1, le=MAX_LISTED_DELIVERIES),
 ) -> list[DeliveryOut]:
     """The delivery log, newest first."""
@@ -142,7 +162,7 @@ def get_deliveries(
     return [_delivery(d) for d in found]
 
 
-@router.delete("/{webhook_id}", status_code=204, responses={404: {"model": ErrorDetail}})
+@router.delete("/{webhook_id:int}", status_code=204, responses={404: {"model": ErrorDetail}})
 def remove_webhook(tenant_id: str, webhook_id: int, factory: sessionmaker[Session] = Depends(sessions)) -> Response:
     """Delete a webhook and its delivery log; deliveries not made yet are dropped."""
     with factory.begin() as session:

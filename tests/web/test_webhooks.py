@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import get_args
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +16,9 @@ from sqlalchemy.orm import Session
 from alerts.delivery import attempt, dispatch
 from config import get_settings
 from devtools.webhook_receiver import WebhookReceiver
+from models.webhook import DELIVERY_STATUSES
 from storage.api_keys import create_key
+from web.webhooks import DeliveryStatus
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +143,30 @@ def test_bad_log_filters_are_422(client: TestClient, keys: dict[str, str], tenan
     answer = client.get(base, params={"status": "sent"}, headers=auth(keys["mine"]))
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "status"]
     assert client.get(base, params={"limit": 0}, headers=auth(keys["mine"])).status_code == 422
+
+
+def test_a_tenant_has_at_most_its_limit_of_webhooks(
+    client: TestClient, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, local_receivers_allowed: None
+) -> None:
+    monkeypatch.setenv("WEBHOOK_MAX_PER_TENANT", "2")
+    get_settings.cache_clear()
+    tenant = f"wh-{uuid.uuid4().hex[:8]}"
+    base = f"/api/tenants/{tenant}/webhooks"
+    made = [client.post(base, json={"url": f"http://127.0.0.1:9/{i}"}, headers=auth(keys["admin"])) for i in range(3)]
+    assert [answer.status_code for answer in made] == [201, 201, 409]
+    assert "WEBHOOK_MAX_PER_TENANT" in made[2].json()["detail"]
+    for answer in made[:2]:
+        assert client.delete(f"{base}/{answer.json()['id']}", headers=auth(keys["admin"])).status_code == 204
+
+
+def test_other_methods_are_405_with_the_allowed_ones(
+    client: TestClient, keys: dict[str, str], tenants: tuple[str, str]
+) -> None:
+    answer = client.put(f"/api/tenants/{tenants[0]}/webhooks", headers=auth(keys["mine"]))
+    assert answer.status_code == 405 and answer.headers["Allow"] == "GET, HEAD, POST"
+    answer = client.delete(f"/api/tenants/{tenants[0]}/webhooks/deliveries", headers=auth(keys["mine"]))
+    assert answer.status_code == 405
+
+
+def test_the_published_statuses_are_the_stored_ones() -> None:
+    assert set(get_args(DeliveryStatus)) == set(DELIVERY_STATUSES)
