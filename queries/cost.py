@@ -136,7 +136,7 @@ ALL_TENANTS = {"tenant": "", "tail_tenant": ""}
 # it), so that the rate row in force is found by equality on (tenant, model, provider, band, hour) and one
 # range test; then summed per key and model, and the few (key, model) rows per key summed last.
 PRICED_QUERY = """
-WITH cells AS MATERIALIZED ({cells}),
+WITH cells AS ({cells}),
 kinds AS (
     SELECT model, provider, bool_or(input_band >= 0) AS tiered, bool_or(hour_of_day >= 0) AS hourly
     FROM cost_rates GROUP BY model, provider),
