@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from cli.alerts import alerts
 from cli.apikeys import api_keys
 from cli.deadletters import dead_letters
 from cli.errors import DEBUG_HINT, OPERATOR_ERROR_TYPES, user_error
@@ -74,6 +75,7 @@ cli.add_command(api_keys)
 cli.add_command(report_command)
 cli.add_command(prices)
 cli.add_command(webhooks)
+cli.add_command(alerts)
 
 
 def use_embedded_services(state_file: Path) -> None:
