@@ -8,15 +8,30 @@ deduplicating by ``X-Analytics-Notification-Id`` would see.
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from devtools.processes import spare_port
 
 NOTIFICATION_ID_HEADER = "X-Analytics-Notification-Id"
+CERTIFICATE_DAYS = 1
+
+
+def self_signed_certificate(directory: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for ``host`` (its own issuer) and its key, made by the openssl command."""
+    cert, key = directory / f"{host}.crt", directory / f"{host}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", str(CERTIFICATE_DAYS), "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @dataclass(frozen=True)
@@ -28,8 +43,9 @@ class Received:
 class WebhookReceiver:
     """Start with ``start()``; ``stop()`` takes it down (connections refused), ``start()`` again brings it back."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.port = port or spare_port()
+        self.tls = tls  # (certificate, key): serve https
         self.status = 200
         self.answer = b"ok"
         self.delay_s = 0.0  # pause after recording a request, before answering (a slow or hanging receiver)
@@ -40,7 +56,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     def start(self) -> None:
         receiver = self
@@ -61,6 +77,10 @@ class WebhookReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +31,13 @@ from alerts.signing import NOTIFICATION_ID_HEADER, SIGNATURE_HEADER, verify
 from alerts.url_safety import UrlPolicy, parse_webhook_url
 from alerts.webhooks import create_webhook
 from config import Settings
-from devtools.webhook_receiver import WebhookReceiver
+from devtools.webhook_receiver import WebhookReceiver, self_signed_certificate
 
 LOCAL = UrlPolicy(allow_http=True, allow_private=True)
+STRICT_HTTPS = UrlPolicy()
 FAST_RETRIES = {"webhook_retry_base_s": 0.05, "webhook_retry_max_s": 0.2}
 SETTLE_TIMEOUT_S = 20.0
+RACING_DISPATCHERS = 6
 ADD_NOTIFICATION = text(
     "INSERT INTO notifications (tenant_id, id, rule_id, kind, state, payload)"
     " VALUES (:tenant, :id, 7, 'reminder', :state, CAST(:payload AS jsonb))"
@@ -226,3 +232,43 @@ def test_only_the_tenants_webhooks_created_before_the_notification_get_it(
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM webhooks WHERE tenant_id = :t"), {"t": other})
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_urls_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the pinned address while TLS sends and verifies the URL's host name (SNI)."""
+    cert, key = self_signed_certificate(tmp_path, "hooks.test")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust this certificate alone
+    server = WebhookReceiver(tls=(cert, key))
+    server.start()
+    try:
+        loopback = ipaddress.ip_address("127.0.0.1")
+        good = parse_webhook_url(f"https://hooks.test:{server.port}/hook", STRICT_HTTPS)
+        assert post(good, loopback, b"{}", {}, 2.0, 1024).status == 200
+        assert server.received[0].headers["Host"] == f"hooks.test:{server.port}"
+        wrong = parse_webhook_url(f"https://other.test:{server.port}/hook", STRICT_HTTPS)
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"other\.test"):
+            post(wrong, loopback, b"{}", {}, 2.0, 1024)
+        assert len(server.received) == 1
+    finally:
+        server.stop()
+
+
+def test_dispatchers_running_at_once_add_and_claim_each_delivery_once(engine: Engine, owned: str) -> None:
+    for i in range(3):
+        add_webhook(engine, owned, f"http://127.0.0.1:9/{i}")
+    for _ in range(5):
+        notify(engine, owned)
+    settings = local_settings()
+    barrier = threading.Barrier(RACING_DISPATCHERS)
+
+    def run() -> list[DeliveryKey]:
+        barrier.wait()
+        return [key for key in dispatch(engine, settings).due if key.tenant_id == owned]
+
+    with ThreadPoolExecutor(RACING_DISPATCHERS) as pool:
+        claimed = [key for keys in pool.map(lambda _: run(), range(RACING_DISPATCHERS)) for key in keys]
+    assert len(rows(engine, owned)) == 15
+    assert sorted(claimed, key=lambda k: k.id) == sorted({*claimed}, key=lambda k: k.id)  # none claimed twice
+    assert len(claimed) == 15
