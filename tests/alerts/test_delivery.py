@@ -5,8 +5,10 @@ gets every notification afterwards exactly once; the response size cap; the
 Slack format; the address checked again at delivery time (a name that now
 resolves to a private address is refused, nothing is sent); a row another
 attempt holds is left alone; a delivery still failing after
-WEBHOOK_RETRY_FOR_S is given up. Notifications are inserted directly into the
-outbox (the evaluator fills it in production).
+WEBHOOK_RETRY_FOR_S is given up; https goes to the pinned address and still
+verifies the URL's host name; dispatchers racing add and claim each delivery
+once. Notifications are inserted directly into the outbox (the evaluator fills
+it in production).
 """
 
 from __future__ import annotations
