@@ -148,10 +148,12 @@ class Expected:
         self.cost: dict[Any, Decimal] = defaultdict(Decimal)
         self.priced: dict[Any, int] = defaultdict(int)
         self.unpriced: dict[Any, int] = defaultdict(int)
+        self.unpriced_models: dict[Any, set[str]] = defaultdict(set)
 
-    def add(self, key: Any, price: Decimal | None) -> None:
+    def add(self, key: Any, price: Decimal | None, model: str) -> None:
         if price is None:
             self.unpriced[key] += 1
+            self.unpriced_models[key].add(model)
         else:
             self.cost[key] += price
             self.priced[key] += 1
@@ -175,7 +177,7 @@ def _assert_group(rows: list[CostFigures], expected: Expected, what: Any) -> Non
         assert row.priced_calls == expected.priced[row.key], (what, row.key)
         assert row.unpriced_calls == expected.unpriced[row.key], (what, row.key)
         assert row.cost_usd == (expected.cost[row.key] if expected.priced[row.key] else None), (what, row.key)
-        assert UNKNOWN[0] in row.unpriced_models or row.key == OVERRIDE_ONLY[0] or not row.unpriced_calls
+        assert row.unpriced_models == sorted(expected.unpriced_models[row.key]), (what, row.key)
 
 
 def _reset_prices(engine: Engine) -> None:
@@ -241,9 +243,9 @@ def test_cost_figures_equal_events_priced_one_by_one(engine: Engine, scenario: d
     by_tenant = Expected()
     for m in events:
         price = _price_with_patterns(m)
-        by_tenant.add(m["tenant_id"], price)
+        by_tenant.add(m["tenant_id"], price, m["model"])
         for group, key in _keys(m).items():
-            expected[(m["tenant_id"], group)].add(key, price)
+            expected[(m["tenant_id"], group)].add(key, price, m["model"])
     start, end = EARLIEST - timedelta(days=1), NOW + timedelta(hours=2)
     with snapshot(engine) as conn:
         for tenant in TENANTS:
