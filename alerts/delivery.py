@@ -83,7 +83,7 @@ CLAIM_DUE = text(
 )
 LOCK_ONE = text(
     "SELECT d.status, d.attempt, w.url, w.secret, w.format, w.enabled,"
-    " n.id AS notification_id, n.rule_id, n.kind, n.state, n.payload, n.created_at AS notified_at"
+    " n.id AS notification_id, n.rule_id, n.kind, n.state, n.payload"
     " FROM deliveries d"
     " JOIN webhooks w ON w.tenant_id = d.tenant_id AND w.id = d.webhook_id"
     " JOIN notifications n ON n.tenant_id = d.tenant_id AND n.id = d.notification_id"
@@ -201,30 +201,29 @@ def post(
 
 
 def json_payload(tenant_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The json format's body: the notification's identity and state, and the evaluator's ``alert`` payload."""
-    return {
-        "id": str(row["notification_id"]),
-        "type": f"alert.{row['state']}",
-        "tenant_id": tenant_id,
-        "rule_id": row["rule_id"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "created_at": row["notified_at"].isoformat(),
-        "alert": row["payload"],
-    }
+    """The json format's body: the evaluator's payload, its identity (id, tenant, kind, state) taken from the
+    outbox row so that it always matches the X-Analytics-Notification-Id header."""
+    payload: Mapping[str, Any] = row["payload"] if isinstance(row["payload"], Mapping) else {}
+    return {**payload, "id": str(row["notification_id"]), "tenant_id": tenant_id, "kind": row["kind"],
+            "state": row["state"]}  # fmt: skip
 
 
 def slack_text(tenant_id: str, row: Mapping[str, Any]) -> str:
-    """One line for a Slack-compatible incoming webhook: state, rule, then the payload's plain values."""
+    """The text of a Slack-compatible incoming webhook: the payload's ``message`` (the evaluator writes one
+    line saying state, rule, value and threshold), else one made of the state, the rule and the plain values."""
     payload: Mapping[str, Any] = row["payload"] if isinstance(row["payload"], Mapping) else {}
-    name = payload.get("rule_name") or payload.get("name") or f"rule {row['rule_id']}"
+    message = payload.get("message")
+    if isinstance(message, str) and message:
+        return message
     reminder = " (reminder)" if row["kind"] == "reminder" else ""
     details = ", ".join(
         f"{key}: {value}"
         for key, value in sorted(payload.items())
-        if key not in ("rule_name", "name") and isinstance(value, str | int | float) and not isinstance(value, bool)
+        if isinstance(value, str | int | float) and not isinstance(value, bool)
     )
-    return f"[{str(row['state']).upper()}]{reminder} {name} (tenant {tenant_id})" + (f": {details}" if details else "")
+    return f"[{str(row['state']).upper()}]{reminder} rule {row['rule_id']} (tenant {tenant_id})" + (
+        f": {details}" if details else ""
+    )
 
 
 def render(tenant_id: str, row: Mapping[str, Any], fmt: str) -> bytes:

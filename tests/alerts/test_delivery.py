@@ -108,9 +108,8 @@ def test_delivered_once_with_a_valid_signature(engine: Engine, owned: str, recei
     assert got.headers[NOTIFICATION_ID_HEADER] == notification
     assert got.headers["Content-Type"] == "application/json"
     body = json.loads(got.body)
-    assert (body["id"], body["tenant_id"], body["state"], body["type"]) == (notification, owned, "warning",
-                                                                           "alert.warning")  # fmt: skip
-    assert body["alert"] == {"rule_name": "daily budget", "value": "12.50", "threshold": "10"}
+    assert body == {"id": notification, "tenant_id": owned, "kind": "reminder", "state": "warning",
+                    "rule_name": "daily budget", "value": "12.50", "threshold": "10"}  # fmt: skip
     [row] = rows(engine, owned)
     assert (row.status, row.attempt, row.http_status) == ("delivered", 1, 200) and row.delivered_at is not None
 
@@ -171,12 +170,16 @@ def test_the_answer_is_read_up_to_the_cap(receiver: WebhookReceiver) -> None:
 def test_slack_format(engine: Engine, owned: str, receiver: WebhookReceiver) -> None:
     receiver.start()
     add_webhook(engine, owned, receiver.url, fmt="slack")
-    notify(engine, owned, state="critical", value="25.00", threshold="20")
+    message = "[CRITICAL] daily budget: spend is 25 USD (threshold 20 USD); reminder: still critical"
+    notify(engine, owned, state="critical", message=message)
+    notify(engine, owned, state="warning")  # no message: one is made of the state, the rule and the values
     run_once(engine, owned, local_settings())
-    [got] = receiver.received
-    body = json.loads(got.body)
-    assert list(body) == ["text"]
-    assert body["text"] == f"[CRITICAL] (reminder) daily budget (tenant {owned}): threshold: 20, value: 25.00"
+    bodies = [json.loads(got.body) for got in receiver.received]
+    assert all(list(body) == ["text"] for body in bodies)
+    assert sorted(body["text"] for body in bodies) == [
+        message,
+        f"[WARNING] (reminder) rule 7 (tenant {owned}): rule_name: daily budget",
+    ]
 
 
 def test_the_address_is_checked_again_at_delivery_time(engine: Engine, owned: str, receiver: WebhookReceiver) -> None:
