@@ -269,7 +269,8 @@ def _send(row: Mapping[str, Any], key: DeliveryKey, settings: Settings, resolver
     }
     try:
         answer = sender(url, address, body, headers, settings.webhook_timeout_s, settings.webhook_max_response_bytes)
-    except OSError as exc:  # connection refused, timeout, TLS, malformed answer
+    except Exception as exc:  # noqa: BLE001 - every failed request is a logged attempt (refused, timeout, TLS, ...)
+        # Raised on, it would roll the attempt back: never counted, the row would be retried past its deadline.
         return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if answer.status in SUCCESS:
         return answer.status, None

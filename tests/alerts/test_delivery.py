@@ -277,3 +277,16 @@ def test_dispatchers_running_at_once_add_and_claim_each_delivery_once(engine: En
     assert len(rows(engine, owned)) == 15
     assert sorted(claimed, key=lambda k: k.id) == sorted({*claimed}, key=lambda k: k.id)  # none claimed twice
     assert len(claimed) == 15
+
+
+def test_any_failure_of_the_request_is_a_logged_attempt(engine: Engine, owned: str) -> None:
+    """Not only network errors: whatever the request raises is counted, so the row still reaches gave_up."""
+    add_webhook(engine, owned, "http://127.0.0.1:9/hook")
+    notify(engine, owned)
+
+    def broken(*_: Any) -> Any:
+        raise ValueError("unexpected")
+
+    [outcome] = run_once(engine, owned, local_settings(), sender=broken)
+    assert (outcome.status, outcome.error) == ("failed", "ValueError: unexpected")
+    assert [row.attempt for row in rows(engine, owned)] == [1]
