@@ -131,3 +131,10 @@ def test_unresolvable_names_are_refused() -> None:
     url = parse_webhook_url("https://no-such-host.invalid/x", STRICT)
     with pytest.raises(UnsafeUrl, match="does not resolve"):
         resolve_checked(url, STRICT)
+
+
+def test_the_url_limit_is_the_columns() -> None:
+    from alerts.url_safety import MAX_URL_LEN
+    from models.webhook import MAX_URL_LEN as COLUMN_LEN
+
+    assert MAX_URL_LEN == COLUMN_LEN
