@@ -5,14 +5,18 @@ run, and a second cycle (another host, an overlapping beat tick) that cannot
 take it returns at once. The lock goes with the connection, so a killed
 evaluator frees it.
 
-Each rule is measured in a read-only snapshot of the rollups (``queries.rollups
-.snapshot``), then written in one transaction of its own: its state row is
-locked (``FOR UPDATE``), the step is decided against the state as committed,
-and the new state, the history row and the notification (the outbox webhook
-delivery reads) commit together or not at all. A crash between rules leaves
-finished rules finished and the rest untouched; a re-run, or an evaluator that
-raced past the lock, finds the state already moved and records nothing twice
-(and ``notifications`` holds at most one row per history row).
+Every rule is measured in one read-only snapshot of the rollups
+(``queries.rollups.snapshot``), so a cycle judges all rules at one instant.
+A rule whose step changes its state, or is due a reminder, is then written in
+one transaction of its own: its state row is locked (``FOR UPDATE``), the step
+is decided again against the state as committed, and the new state, the
+history row and the notification (the outbox webhook delivery reads) commit
+together or not at all. The other rules (most of them, most of the time) only
+get their value and evaluation time, in batches, guarded by the state the
+cycle read. A crash leaves finished rules finished and the rest untouched; a
+re-run, or an evaluator that raced past the lock, finds the state already
+moved and records nothing twice (``notifications`` also holds at most one row
+per history row).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -76,6 +81,14 @@ ADD_NOTIFICATION = text(
     "INSERT INTO notifications (tenant_id, id, rule_id, history_id, kind, state, payload, created_at)"
     " VALUES (:tenant, :id, :rule, :history, :kind, :state, CAST(:payload AS jsonb), :now)"
 )
+# The rules whose state stays: value and evaluation time only, guarded by the state the cycle read.
+QUIET_UPDATE = text(
+    "UPDATE alert_states AS s SET value = v.value, evaluated_at = :now"
+    " FROM unnest(CAST(:tenants AS text[]), CAST(:rules AS bigint[]), CAST(:states AS text[]),"
+    " CAST(:values AS numeric[])) AS v(tenant_id, rule_id, state, value)"
+    " WHERE s.tenant_id = v.tenant_id AND s.rule_id = v.rule_id AND s.state = v.state"
+)
+QUIET_BATCH: Final = 1000
 STATE_COUNTS = text(
     "SELECT s.state, count(*) FROM alert_states s JOIN alert_rules r ON r.tenant_id = s.tenant_id"
     " AND r.id = s.rule_id WHERE r.enabled GROUP BY s.state"
@@ -210,6 +223,73 @@ def evaluate_rule(engine: Engine, rule: Rule, settings: Settings, now: datetime)
         return record(conn, rule, value, settings, now)
 
 
+def _reopened(stack: ExitStack, engine: Engine) -> tuple[ExitStack, Connection]:
+    """A fresh snapshot after a failed read (the old one's transaction is aborted)."""
+    try:
+        stack.close()
+    except SQLAlchemyError:
+        logger.warning("closing a failed alert snapshot failed too", exc_info=True)
+    fresh = ExitStack()
+    return fresh, fresh.enter_context(snapshot(engine))
+
+
+def _write_quiet(engine: Engine, quiet: list[tuple[str, int, str, Decimal | None]], now: datetime) -> None:
+    """The value and evaluation time of rules whose state stays, in one statement (none of them notifies).
+
+    A row whose state moved since the cycle read it (an evaluator racing past the lock) is left as it is."""
+    if quiet:
+        tenants, rules, states, values = (list(column) for column in zip(*quiet, strict=True))
+        with engine.begin() as conn:
+            conn.execute(QUIET_UPDATE, {"tenants": tenants, "rules": rules, "states": states, "values": values,
+                                        "now": now})  # fmt: skip
+
+
+def _cycle(engine: Engine, settings: Settings, now: datetime | None, report: EvaluationReport) -> None:
+    """Measure every enabled rule in one snapshot; a rule whose step changes its state or is due a reminder
+    is recorded in its own locked transaction (``record``), the others' values are written in batches."""
+    with engine.connect() as conn:
+        entries = list_rules(conn, None, enabled_only=True)
+    reminder_every = timedelta(hours=settings.alert_reminder_hours)
+    quiet: list[tuple[str, int, str, Decimal | None]] = []
+    stack = ExitStack()
+    reader = stack.enter_context(snapshot(engine))
+    try:
+        for entry in entries:
+            rule, moment = entry.rule, now or datetime.now(UTC)
+            try:
+                value = measure(reader, rule, moment)
+            except SQLAlchemyError:
+                logger.exception("alert rule %s of tenant %s could not be measured", rule.id, rule.tenant_id)
+                report.failed += 1
+                stack, reader = _reopened(stack, engine)
+                continue
+            if entry.state is not None:
+                step = decide(entry.state, value, rule.thresholds, hysteresis=settings.alert_hysteresis_ratio,
+                              last_notified_at=entry.last_notified_at, now=moment, reminder_every=reminder_every)  # fmt: skip
+                if step.change is None and not step.reminder_due:
+                    quiet.append((rule.tenant_id, rule.id, entry.state, value))
+                    report.rules += 1
+                    if len(quiet) >= QUIET_BATCH:
+                        _write_quiet(engine, quiet, moment)
+                        quiet = []
+                    continue
+            try:
+                with engine.begin() as writer:
+                    outcome = record(writer, rule, value, settings, moment)
+            except SQLAlchemyError:
+                logger.exception("alert rule %s of tenant %s could not be recorded", rule.id, rule.tenant_id)
+                report.failed += 1
+                continue
+            if outcome is None:
+                continue  # deleted meanwhile
+            report.rules += 1
+            report.changes += outcome.change is not None
+            report.reminders += outcome.change is None and outcome.notification_id is not None
+        _write_quiet(engine, quiet, now or datetime.now(UTC))
+    finally:
+        stack.close()
+
+
 def evaluate_all(engine: Engine, settings: Settings, now: datetime | None = None) -> EvaluationReport:
     """Evaluate every enabled rule once, unless another evaluator is running (then ``skipped`` says so)."""
     started = time.monotonic()
@@ -221,21 +301,7 @@ def evaluate_all(engine: Engine, settings: Settings, now: datetime | None = None
             report.skipped = "another evaluator holds the lock"
             return report
         try:
-            rules = [entry.rule for entry in list_rules(lock_conn, None, enabled_only=True)]
-            lock_conn.commit()
-            for rule in rules:
-                moment = now or datetime.now(UTC)
-                try:
-                    outcome = evaluate_rule(engine, rule, settings, moment)
-                except SQLAlchemyError:
-                    logger.exception("alert rule %s of tenant %s could not be evaluated", rule.id, rule.tenant_id)
-                    report.failed += 1
-                    continue
-                if outcome is None:
-                    continue  # deleted meanwhile
-                report.rules += 1
-                report.changes += outcome.change is not None
-                report.reminders += outcome.change is None and outcome.notification_id is not None
+            _cycle(engine, settings, now, report)
             counts: dict[str, int] = {row[0]: row[1] for row in lock_conn.execute(STATE_COUNTS)}
             lock_conn.commit()
         finally:

@@ -238,12 +238,20 @@ class RuleWithState:
     value: Decimal | None
     since: datetime | None
     evaluated_at: datetime | None
+    last_notified_at: datetime | None = None
 
 
 def list_rules(conn: Connection, tenant_id: str | None, *, enabled_only: bool = False) -> list[RuleWithState]:
     """A tenant's rules (every tenant's for None) with their current state, by tenant and id."""
     query = (
-        select(AlertRule.__table__, AlertState.state, AlertState.value, AlertState.since, AlertState.evaluated_at)
+        select(
+            AlertRule.__table__,
+            AlertState.state,
+            AlertState.value,
+            AlertState.since,
+            AlertState.evaluated_at,
+            AlertState.last_notified_at,
+        )
         .outerjoin(AlertState, (AlertState.tenant_id == AlertRule.tenant_id) & (AlertState.rule_id == AlertRule.id))
         .order_by(AlertRule.tenant_id, AlertRule.id)
     )
@@ -252,7 +260,10 @@ def list_rules(conn: Connection, tenant_id: str | None, *, enabled_only: bool = 
     if enabled_only:
         query = query.where(AlertRule.enabled)
     rows = conn.execute(query).all()
-    return [RuleWithState(Rule.of(row), row.state, row.value, row.since, row.evaluated_at) for row in rows]
+    return [
+        RuleWithState(Rule.of(row), row.state, row.value, row.since, row.evaluated_at, row.last_notified_at)
+        for row in rows
+    ]
 
 
 def delete_rule(conn: Connection, tenant_id: str, rule_id: int) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from alerts.evaluate import EVALUATOR_LOCK_KEY, evaluate_all, evaluate_rule, record
+from alerts.evaluate import EVALUATOR_LOCK_KEY, _write_quiet, evaluate_all, evaluate_rule, record
 from alerts.rules import Rule
 from config import Settings
 from devtools.processes import REPO_ROOT
@@ -201,3 +201,22 @@ def test_the_beat_task_runs_a_cycle(engine: Engine, priced_tenant: str) -> None:
     result = evaluate.apply().get()
     assert result["rules"] == 1 and result["failed"] == 0 and result["skipped"] is None
     assert result["states"] == {OK: 1, WARNING: 0, CRITICAL: 0}
+
+
+def test_a_quiet_evaluation_writes_the_value_but_never_over_a_state_that_moved(
+    engine: Engine, priced_tenant: str
+) -> None:
+    rule = budget(engine, priced_tenant)
+    track(engine, priced_tenant, [NOW - timedelta(hours=3)])
+    evaluate_all(engine, SETTINGS, NOW)  # first evaluation: the state row, ok
+    track(engine, priced_tenant, [NOW - timedelta(hours=3)])
+    report = evaluate_all(engine, SETTINGS, NOW + timedelta(minutes=1))
+    assert (report.rules, report.changes) == (1, 0)
+    assert rows(engine, STATE, priced_tenant) == [(OK, 2 * CALL_FEE)]
+    with engine.connect() as conn:
+        evaluated = conn.execute(
+            text("SELECT evaluated_at FROM alert_states WHERE tenant_id = :t"), {"t": priced_tenant}
+        )
+        assert evaluated.scalar_one() == NOW + timedelta(minutes=1)
+    _write_quiet(engine, [(priced_tenant, rule.id, WARNING, Decimal(99))], NOW)  # read as warning: moved since
+    assert rows(engine, STATE, priced_tenant) == [(OK, 2 * CALL_FEE)]
