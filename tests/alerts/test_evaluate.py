@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
 from alerts.evaluate import EVALUATOR_LOCK_KEY, _write_quiet, evaluate_all, evaluate_rule, record
@@ -38,6 +39,7 @@ NOTIFICATIONS = (
 HISTORY = "SELECT from_state, to_state, value, threshold FROM alert_history WHERE tenant_id = :t ORDER BY id"
 STATE = "SELECT state, value FROM alert_states WHERE tenant_id = :t"
 RACERS = 4
+GAUGE = "analytics_alert_rules"
 KILLED_EXIT = -9
 
 
@@ -95,6 +97,8 @@ def test_a_reminder_at_most_every_reminder_interval_while_bad(engine: Engine, pr
     sent = rows(engine, NOTIFICATIONS, t)
     assert [(n.kind, n.state, n.history_id) for n in sent[1:]] == [("reminder", CRITICAL, None)]
     assert sent[1].payload["message"].endswith("reminder: still critical")
+    by_state = {state: REGISTRY.get_sample_value(GAUGE, {"state": state}) for state in (OK, WARNING, CRITICAL)}
+    assert by_state == {OK: 0, WARNING: 0, CRITICAL: 1}  # the only enabled rule (no_rules)
 
 
 def test_a_second_evaluator_returns_at_once_while_the_lock_is_held(engine: Engine, priced_tenant: str) -> None:
