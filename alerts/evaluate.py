@@ -89,6 +89,8 @@ QUIET_UPDATE = text(
     " WHERE s.tenant_id = v.tenant_id AND s.rule_id = v.rule_id AND s.state = v.state"
 )
 QUIET_BATCH: Final = 1000
+MESSAGE_DECIMALS: Final = 4
+MESSAGE_STEP: Final = Decimal(1).scaleb(-MESSAGE_DECIMALS)
 STATE_COUNTS = text(
     "SELECT s.state, count(*) FROM alert_states s JOIN alert_rules r ON r.tenant_id = s.tenant_id"
     " AND r.id = s.rule_id WHERE r.enabled GROUP BY s.state"
@@ -130,12 +132,15 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else f"{value.normalize():f}"
 
 
+def _readable(value: Decimal) -> Decimal:
+    """``value`` cut to MESSAGE_DECIMALS places for the message (a ratio has 28 digits); the payload keeps all."""
+    return value.quantize(MESSAGE_STEP) if value.as_tuple().exponent < -MESSAGE_DECIMALS else value  # type: ignore[operator]
+
+
 def describe(rule: Rule) -> str:
     """What the rule measures, in words: ``p95 latency of feature 'search'``."""
     what = rule.metric or MEASURED[rule.kind]
-    scope = [f"feature {rule.feature!r}"] * (rule.feature is not None) + [f"model {rule.model!r}"] * (
-        rule.model is not None
-    )
+    scope = [f"{name} {value!r}" for name, value in (("feature", rule.feature), ("model", rule.model)) if value]
     return f"{what} of {' and '.join(scope)}" if scope else what
 
 
@@ -145,10 +150,10 @@ def payload(
 ) -> dict[str, Any]:  # fmt: skip
     """The notification's body: what receivers get (amounts as exact decimal strings)."""
     unit = UNITS[rule.kind]
-    shown = "no data" if value is None else f"{_text(value)} {unit}".rstrip()
+    shown = "has too little data" if value is None else f"is {_text(_readable(value))} {unit}".rstrip()
     limit = "" if threshold is None else f" (threshold {_text(threshold)} {unit})".replace(" )", ")")
     verb = "reminder: still" if kind == REMINDER else "now"
-    message = f"[{state.upper()}] {rule.name}: {describe(rule)} is {shown}{limit}; {verb} {state}"
+    message = f"[{state.upper()}] {rule.name}: {describe(rule)} {shown}{limit}; {verb} {state}"
     return {
         "id": str(notification_id),
         "tenant_id": rule.tenant_id,
