@@ -1,7 +1,7 @@
 """``python -m demo`` (behind ``./run``): the pipeline under a demo load, then a report.
 
 Uses the services named by DATABASE_URL / CELERY_BROKER_URL, or starts
-embedded ones; migrates; starts the Procfile's web, saas, provider, worker,
+embedded ones; migrates; starts the Procfile's web, saas, provider, worker, alerts,
 rollups, beat and flower; sends real requests to the stand-in SaaS app
 (demo.saas), which calls the fake provider (demo.provider) through the openai
 client and records each call with the producer's helpers - one feature as an
@@ -51,7 +51,7 @@ HTTP_SAMPLE_REQUESTS = 27  # three calls of each feature
 STORE_TIMEOUT_S = 600.0
 POLL_S = 0.5
 ID_CHUNK = 10_000
-PROCESSES = ["web", "saas", "provider", "worker", "rollups", "beat", "flower"]
+PROCESSES = ["web", "saas", "provider", "worker", "rollups", "alerts", "beat", "flower"]
 OTLP_KEY_NAME = "demo OTLP exporter"
 OTLP_EXPORT_DELAY_MS = "200"  # the span processor's batch delay: the demo's spans leave at once
 METRICS_DIR = ROOT / "var" / "metrics"  # the Procfile's PROMETHEUS_MULTIPROC_DIR
