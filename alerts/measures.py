@@ -35,13 +35,12 @@ from models.alert import (
     ROLLUP_LAG_S,
 )
 from queries.cost import cost_by
-from queries.rollups import DAY, FIGURES_QUERY, HOUR, TOTALS, Figures, _figures, _Plan, floor_to, hour_span
+from queries.rollups import DAY, HOUR, Figures, floor_to, range_figures
 from storage.partitions import Month, existing_months
 
 SPIKE_BASELINE_DAYS: Final = 7  # the same hour on each of the previous week's days: a weekly cycle averaged out
 SECONDS_PER_HOUR: Final = Decimal(3600)
 SECONDS_PER_DAY: Final = Decimal(86_400)
-WHOLE_WINDOW: Final = "CAST('window' AS text)"  # the one group key of a window's figures (a constant SQL fragment)
 
 Measure = Callable[[Connection, Rule, datetime], Decimal | None]
 
@@ -98,11 +97,7 @@ def cost_spike(conn: Connection, rule: Rule, now: datetime) -> Decimal | None:
 def window_figures(conn: Connection, rule: Rule, now: datetime) -> Figures | None:
     """Calls, errors and latency of the rule's window (whole hours, see the module), merged over features."""
     assert rule.window_minutes is not None  # parse_rule requires it of the windowed kinds
-    h0, h1 = hour_span(now - timedelta(minutes=rule.window_minutes), now)
-    plan = _Plan.make(conn, rule.tenant_id, h0, h1, days=True, feature=rule.feature)
-    sql = FIGURES_QUERY.format(cells=plan.union, key=WHOLE_WINDOW, totals=TOTALS)
-    row = conn.execute(text(sql), {**plan.params, "row_limit": 1}).first()
-    return None if row is None else Figures(**_figures(row))
+    return range_figures(conn, rule.tenant_id, now - timedelta(minutes=rule.window_minutes), now, rule.feature)
 
 
 def _enough(conn: Connection, rule: Rule, now: datetime) -> Figures | None:

@@ -291,6 +291,7 @@ SELECT day, feature_name, count(DISTINCT user_id) AS users
 FROM ({users}) AS u GROUP BY day, feature_name ORDER BY day, feature_name
 LIMIT :row_limit"""
 
+WHOLE_RANGE = "CAST('range' AS text)"  # one group key for every cell: the range's figures merged
 PENDING_IN_RANGE = text(
     "SELECT batch_id FROM rollup_pending_batches WHERE max_ts >= :h0 AND min_ts < :h1 ORDER BY batch_id"
 )
@@ -378,6 +379,18 @@ def feature_summary(
     sql = FIGURES_QUERY.format(cells=plan.union, key="feature_name", totals=TOTALS)
     rows = capped(conn.execute(text(sql), {**plan.params, "row_limit": limit_for(max_rows)}).all(), max_rows)
     return [FeatureSummary(feature_name=row.key, **_figures(row)) for row in rows]
+
+
+def range_figures(
+    conn: Connection, tenant: str, start: datetime, end: datetime, feature: str | None = None
+) -> Figures | None:
+    """Calls, errors, tokens, latency and TTFT over ``hour_span(start, end)`` merged into one figure
+    (all features, or ``feature``); None when the range holds no call."""
+    h0, h1 = hour_span(start, end)
+    plan = _Plan.make(conn, tenant, h0, h1, days=True, feature=feature)
+    sql = FIGURES_QUERY.format(cells=plan.union, key=WHOLE_RANGE, totals=TOTALS)
+    row = conn.execute(text(sql), {**plan.params, "row_limit": 1}).first()
+    return None if row is None else Figures(**_figures(row))
 
 
 def time_series(
