@@ -5,7 +5,8 @@ use with the settings from the environment. Create a ``Tracker`` yourself to
 use other settings.
 
 ``track_ai_call`` and ``tracked`` (producer.instrument) record calls of the
-OpenAI and Anthropic clients, usage read from their responses and streams.
+OpenAI and Anthropic clients, usage read from their responses and streams;
+``BudgetCheck`` asks, cached, whether a budget still allows spending.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from producer.budget import BudgetCheck, BudgetUnavailable
 from producer.client import Tracker, TrackerStats
 from producer.instrument import AICall, track_ai_call, tracked
 from producer.usage import Usage, usage_of
 
 __all__ = [
     "AICall",
+    "BudgetCheck",
+    "BudgetUnavailable",
     "Tracker",
     "TrackerStats",
     "Usage",

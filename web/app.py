@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from config import get_settings
 from monitoring.escape import install_log_escaping
 from producer import get_tracker
-from web import alerts, cost, dashboard, docs, ingest, metrics, otlp, page, prices, rate_limit, webhooks
+from web import alerts, budget, cost, dashboard, docs, ingest, metrics, otlp, page, prices, rate_limit, webhooks
 from web.body_limit import BodyLimit
 from web.db import close_database, open_database, statement_timeout_handler
 from web.errors import single_valued_query
@@ -48,7 +48,7 @@ app.include_router(otlp.router)  # rate-limited as ingest by its route (web.otlp
 app.include_router(metrics.router)
 app.include_router(dashboard.router, dependencies=[Depends(rate_limit.read_rate_limit)],
                    responses=rate_limit.RATE_LIMITED)  # fmt: skip
-for read_router in (cost.router, cost.admin_router, prices.router, webhooks.router, alerts.router):
+for read_router in (cost.router, cost.admin_router, prices.router, webhooks.router, alerts.router, budget.router):
     app.include_router(
         read_router, dependencies=[Depends(rate_limit.read_rate_limit)], responses=rate_limit.RATE_LIMITED
     )
