@@ -671,3 +671,47 @@ def test_dashboard_cost_is_the_cost_api(seeded: Seeded, browser: webdriver.Chrom
 
         assert _console_errors(browser) == []
         assert _foreign_resources(browser, server.url) == []
+
+
+def test_alerts_panel_shows_the_rules_state_and_history(
+    seeded: Seeded, engine: Engine, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    from alerts.evaluate import evaluate_all  # imported late like the pricing helpers: the alerts stack
+    from alerts.rules import add_rule, parse_rule
+    from config import Settings
+
+    name = f"<b>daily</b> {uuid.uuid4().hex[:6]}"  # markup: must show as text
+    with engine.begin() as conn:
+        add_rule(conn, seeded.tenant, parse_rule({"name": name, "kind": "budget_day", "warning_threshold": "0.000001",
+                                                  "critical_threshold": "1000000"}), created_by="tests")  # fmt: skip
+    evaluate_all(engine, Settings(), datetime.now(UTC))
+    with uvicorn_server(tmp_path, seeded.extra_env) as server:
+        browser.get(server.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(seeded.key)
+        _refresh_with(browser, browser.find_element(By.ID, "show").click)
+        WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-alerts") == "ready",
+            browser.find_element(By.ID, "alerts-status").text,
+        )
+        headers = {"Authorization": f"Bearer {seeded.key}"}
+        base = f"{server.url}/api/tenants/{seeded.tenant}"
+        rules = httpx.get(f"{base}/alert-rules", headers=headers).raise_for_status().json()
+        changes = httpx.get(f"{base}/alert-history", params={"limit": 20}, headers=headers).raise_for_status().json()
+
+        rule = next(r for r in rules if r["name"] == name)
+        assert rule["state"] in {"ok", "warning", "critical"}, rule
+        row = browser.find_element(By.CSS_SELECTOR, f"#alert-rule-rows tr[data-rule='{rule['id']}']")
+        cells = _cells(row)
+        assert cells["name.text"] == name and cells["state"] == rule["state"], cells
+        assert cells["value"] == (rule["value"] or "") and cells["warning_threshold"] == rule["warning_threshold"]
+        assert row.find_elements(By.TAG_NAME, "b") == []
+        state_class = row.find_element(By.CSS_SELECTOR, "td.state").get_attribute("class") or ""
+        assert "state-" + rule["state"] in state_class.split(), state_class
+        assert browser.find_element(By.ID, "alerts-empty").get_attribute("hidden") is not None
+
+        shown = [_cells(r) for r in browser.find_elements(By.CSS_SELECTOR, "#alert-history-rows tr[data-change]")]
+        assert [(c["rule_name.text"], c["change"]) for c in shown] == [
+            (c["rule_name"], f"{c['from_state']}>{c['to_state']}") for c in changes
+        ]
+        if rule["state"] != "ok":  # a change from the first evaluation is listed
+            assert any(c["rule_name.text"] == name for c in shown), shown

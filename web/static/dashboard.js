@@ -12,6 +12,7 @@
 const STORAGE_KEY = "analytics.apiKey"; // sessionStorage
 const STORAGE_TENANT = "analytics.tenant"; // sessionStorage
 const STORAGE_RANGE = "analytics.range"; // localStorage: a preference, not a secret
+const ALERT_HISTORY_ROWS = 20; // the recent state changes listed
 const CHART_FEATURES = 10; // the server's /feature-series default and the page's promise (dashboard.html)
 const HOUR_MS = 3600 * 1000;
 const DAY_MS = 24 * HOUR_MS;
@@ -222,6 +223,7 @@ async function load() {
     loadCost(base, range, granularity),
   ]);
   if (seq !== loadSeq) return; // a newer load is under way
+  loadAlerts(base, seq); // on its own: a failure there only shows in #alerts-status
   const features = charted.features.map((f) => f.feature_name);
   fillFilter($("filter-feature"), summary.features.map((f) => f.feature_name));
   renderTable(summary, cost && cost.byFeature);
@@ -234,6 +236,71 @@ async function load() {
   $("summary-range").textContent = `${tenant}, ${shown}`;
   setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC · ${summary.features.length} feature(s), per ${granularity}.`);
   document.body.dataset.state = "ready";
+}
+
+async function loadAlerts(base, seq) {
+  // The tenant's alert rules and recent state changes; a failure is shown in the panel, never breaks the page.
+  document.body.dataset.alerts = "loading";
+  $("alerts-status").textContent = "";
+  $("alerts-status").classList.remove("error");
+  try {
+    const [rules, changes] = await Promise.all([
+      api(`${base}/alert-rules`),
+      api(`${base}/alert-history?${query({ limit: ALERT_HISTORY_ROWS })}`),
+    ]);
+    if (seq !== loadSeq) return;
+    renderAlerts(rules, changes);
+    document.body.dataset.alerts = "ready";
+  } catch (error) {
+    if (seq !== loadSeq) return;
+    renderAlerts([], []);
+    $("alerts-empty").hidden = true;
+    $("alerts-status").textContent = `Alerts could not be loaded: ${error.message}`;
+    $("alerts-status").classList.add("error");
+    document.body.dataset.alerts = "error";
+  }
+}
+
+function stateCell(state) {
+  const td = cell("td", state || "not evaluated", "state", state);
+  td.className = `state state-${state || "none"}`;
+  return td;
+}
+
+function renderAlerts(rules, changes) {
+  const ruleRows = $("alert-rule-rows");
+  const historyRows = $("alert-history-rows");
+  ruleRows.replaceChildren();
+  historyRows.replaceChildren();
+  $("alerts-empty").hidden = rules.length > 0;
+  for (const rule of rules) {
+    const tr = document.createElement("tr");
+    tr.dataset.rule = String(rule.id);
+    const scope = [rule.feature, rule.model, rule.metric].filter(Boolean).join(" / ") || "all";
+    tr.append(
+      cell("td", rule.name, "name", rule.name),
+      cell("td", rule.kind, "kind", rule.kind),
+      cell("td", scope, "scope", scope),
+      cell("td", rule.warning_threshold, "warning_threshold", rule.warning_threshold),
+      cell("td", rule.critical_threshold, "critical_threshold", rule.critical_threshold),
+      stateCell(rule.state),
+      cell("td", rule.value == null ? "–" : rule.value, "value", rule.value),
+    );
+    ruleRows.append(tr);
+  }
+  if (!rules.length) emptyRow(ruleRows, 7, "No rules.");
+  for (const change of changes) {
+    const tr = document.createElement("tr");
+    tr.dataset.change = String(change.id);
+    tr.append(
+      cell("td", change.at.slice(0, 19).replace("T", " "), "at", change.at),
+      cell("td", change.rule_name, "rule_name", change.rule_name),
+      cell("td", `${change.from_state} → ${change.to_state}`, "change", `${change.from_state}>${change.to_state}`),
+      cell("td", change.value == null ? "–" : change.value, "value", change.value),
+    );
+    historyRows.append(tr);
+  }
+  if (!changes.length) emptyRow(historyRows, 4, "No state changes yet.");
 }
 
 function cell(tag, text, field, value) {
